@@ -120,6 +120,21 @@ def opo_advantages(
     return torch.where(_constant_group(rewards, gid, k), torch.zeros_like(adv), adv)
 
 
+@ADVANTAGE_ESTIMATORS.register("w_reinforce")
+def w_reinforce_advantages(
+    rewards: torch.Tensor,
+    group_index: torch.Tensor,
+    *,
+    lengths: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    positive_weight: float = 0.1,
+) -> torch.Tensor:
+    """W-REINFORCE (Zhu et al. 2025, arXiv 2506.01347): ``positive_weight * R`` where R > 0, else ``R``; no group
+    baseline, so ``group_index``, ``lengths`` and ``eps`` are unused. With +1/-1 rewards this is lambda-weighted
+    positive-sample reinforcement (lambda = 0.1, the paper's value) plus full negative-sample reinforcement."""
+    return torch.where(rewards > 0, positive_weight * rewards, rewards)
+
+
 def compute_advantages(
     rewards: torch.Tensor,
     group_index: torch.Tensor,
@@ -133,7 +148,7 @@ def compute_advantages(
     Args:
         rewards: (N,) float rewards, one per response (integer/bool rewards are cast to float32).
         group_index: (N,) integer group id per response (e.g. the prompt's index); any ids, any order, any sizes.
-        estimator: a name in ``ADVANTAGE_ESTIMATORS``: ``grpo``, ``drgrpo``, ``rloo``, ``opo``.
+        estimator: a name in ``ADVANTAGE_ESTIMATORS``: ``grpo``, ``drgrpo``, ``rloo``, ``opo``, ``w_reinforce``.
         lengths: (N,) response lengths; required by ``opo``, ignored by the others.
         eps: added to the group std by ``grpo``.
 

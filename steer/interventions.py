@@ -4,11 +4,10 @@
   for LLM Reasoning", arXiv 2506.01939): the policy gradient flows only through the top-rho highest-entropy tokens.
 - Entropy-aware advantage (Cheng et al. 2025, "Reasoning with Exploration: An Entropy Perspective",
   arXiv 2506.14758): a clipped, detached entropy bonus added to the advantage of every token.
-- W-REINFORCE (Zhu et al. 2025, "The Surprising Effectiveness of Negative Reinforcement in LLM Reasoning",
-  arXiv 2506.01347): REINFORCE on the raw reward with positive samples down-weighted by ``positive_weight``.
 
-Each is registered by name in ``TOKEN_WEIGHTINGS`` (functions returning (N, T) loss weights) or
-``ADVANTAGE_SHAPINGS`` (functions returning (N, T) advantages). Equations: ``docs/algorithms.md``.
+W-REINFORCE (Zhu et al. 2025) is an advantage estimator (``steer.advantages``, ``w_reinforce``) paired with the
+unclipped ``reinforce`` loss (``steer.losses``). Each function here is registered by name in ``TOKEN_WEIGHTINGS``
+((N, T) loss weights) or ``ADVANTAGE_SHAPINGS`` ((N, T) advantages). Equations: ``docs/algorithms.md``.
 """
 
 from __future__ import annotations
@@ -67,15 +66,3 @@ def entropy_aware_advantages(
     adv = advantages[:, None].expand_as(entropy) if advantages.dim() == 1 else advantages  # (N,) -> (N, T)
     bonus = torch.minimum(alpha * entropy, adv.abs() / kappa)
     return (adv + bonus) * mask
-
-
-@torch.no_grad()
-def w_reinforce_advantages(rewards: Tensor, *, positive_weight: float = 0.1) -> Tensor:
-    """W-REINFORCE (Zhu et al. 2025): A_i = positive_weight * R_i where R_i > 0, else R_i; no group baseline.
-
-    With the paper's +1/-1 rewards this is lambda-weighted positive-sample reinforcement (lambda = 0.1) plus full
-    negative-sample reinforcement. Used with the unclipped ``-A r`` loss on on-policy data it is REINFORCE.
-
-    Args: rewards (N,). Returns: (N,) advantages.
-    """
-    return torch.where(rewards > 0, positive_weight * rewards, rewards)

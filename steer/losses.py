@@ -38,6 +38,7 @@ __all__ = [
     "kl_cov_loss",
     "kl_penalty",
     "ppo_clip_loss",
+    "reinforce_loss",
 ]
 
 LossOut = tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -288,6 +289,31 @@ def kl_cov_loss(
         "actor/ratio_mean": _masked_mean(ratio, valid),
     }
     return loss, metrics
+
+
+@_register_policy_loss("reinforce")
+def reinforce_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    dual_clip_c: float | None = 10.0,
+    generator: torch.Generator | None = None,
+) -> LossOut:
+    """Unclipped importance-weighted policy gradient ``-A r`` (N, T); at r = 1 its gradient is REINFORCE's
+    ``-A grad log p``. Used by W-REINFORCE (Zhu et al. 2025, arXiv 2506.01347), which trains on-policy.
+    Clip settings and ``generator`` are accepted for the common signature and unused. Metrics: ``actor/ppo_kl``,
+    ``actor/ratio_mean``.
+    """
+    _check_shapes(logp, old_logp, mask)
+    adv = _broadcast_advantages(advantages, logp)  # (N, T)
+    valid = mask.bool()
+    ratio = torch.exp(_log_ratio(logp, old_logp))  # (N, T)
+    metrics = {"actor/ppo_kl": _masked_mean(old_logp - logp, valid), "actor/ratio_mean": _masked_mean(ratio, valid)}
+    return -adv * ratio, metrics
 
 
 # ----------------------------------------------------------------------------------------------------------- extras

@@ -5,13 +5,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from steer.advantages import compute_advantages
 from steer.interventions import (
     ADVANTAGE_SHAPINGS,
     TOKEN_WEIGHTINGS,
     entropy_aware_advantages,
     fork_token_weights,
-    w_reinforce_advantages,
 )
+from steer.losses import POLICY_LOSSES
 
 
 def test_fork_tokens_keep_the_top_fifth_by_entropy():
@@ -56,4 +57,12 @@ def test_entropy_aware_advantage_never_flips_a_sign(seed, kappa):
 
 def test_w_reinforce_down_weights_positive_samples_only():
     r = torch.tensor([1.0, -1.0, 0.0, 1.0])
-    assert w_reinforce_advantages(r, positive_weight=0.1).tolist() == pytest.approx([0.1, -1.0, 0.0, 0.1])
+    adv = compute_advantages(r, torch.tensor([0, 0, 1, 1]), estimator="w_reinforce")
+    assert adv.tolist() == pytest.approx([0.1, -1.0, 0.0, 0.1])
+
+
+def test_reinforce_loss_gradient_is_minus_advantage_times_grad_logp_on_policy():
+    logp = torch.log(torch.tensor([[0.5, 0.25]])).requires_grad_(True)
+    loss, _ = POLICY_LOSSES.get("reinforce")(logp, logp.detach(), torch.tensor([2.0]), torch.ones(1, 2))
+    loss.sum().backward()
+    assert torch.allclose(logp.grad, torch.tensor([[-2.0, -2.0]]))  # d(-A r)/dlogp = -A r = -A at r = 1
