@@ -15,7 +15,8 @@ ESTIMATORS = ["grpo", "drgrpo", "rloo", "opo"]
 
 
 def test_registry_names():
-    assert ADVANTAGE_ESTIMATORS.names() == sorted(ESTIMATORS)
+    # the group estimators, plus W-REINFORCE which uses no group baseline
+    assert ADVANTAGE_ESTIMATORS.names() == sorted([*ESTIMATORS, "w_reinforce"])
 
 
 # ------------------------------------------------------------------------------------------- hand-computed tiny cases
