@@ -1,0 +1,211 @@
+"""``MlflowTracker``: one MLflow run per training run, resumable from the output folder, with retried calls.
+
+- Store: ``tracking_uri`` if given, else the ``MLFLOW_TRACKING_URI`` environment variable, else a SQLite store
+  ``sqlite:///<output_dir>/mlflow.db`` with artifacts under ``<output_dir>/mlartifacts`` (view it with
+  ``mlflow ui --backend-store-uri sqlite:///<output_dir>/mlflow.db``).
+- Resume: the run id is written to ``<output_dir>/mlflow_run_id``; a tracker opened on the same folder reopens that
+  run. Metrics of a ``(name, step)`` the run already holds are not logged again, so the steps redone after a resume
+  (those between the last checkpoint and the interruption) leave one point per step; the first value stands.
+- Params: a nested config is flattened to ``section.key`` (``steer.tracking.flatten_params``); values longer than
+  MLflow's 6000 characters are truncated. Param values are immutable in MLflow: re-logging an equal value (a resumed
+  run) is a no-op and a different value raises a ValueError naming the keys.
+- Speed: each call is one ``log_batch`` (MLflow's limits: 1000 metrics or 100 params per batch).
+- Failures: calls are retried with exponential backoff when the error is transient (I/O, a locked SQLite database, an
+  unavailable server); invalid input fails at once.
+
+The MlflowClient API is used directly (not ``mlflow.start_run``), so nothing depends on MLflow's global active run
+and Prefect tasks in threads can share the tracker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, SupportsFloat, TypeVar
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+
+from steer.tracking import check_metric_names, flatten_params
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RUN_ID_FILE = "mlflow_run_id"
+"""File in the output folder holding the MLflow run id, read on resume."""
+
+TRANSIENT_ERROR_CODES = frozenset(
+    {
+        "INTERNAL_ERROR",
+        "TEMPORARILY_UNAVAILABLE",  # MLflow's SQL store raises it for sqlalchemy's OperationalError (locked database)
+        "SERVICE_UNDER_MAINTENANCE",
+        "DEADLINE_EXCEEDED",
+        "RESOURCE_EXHAUSTED",
+        "REQUEST_LIMIT_EXCEEDED",
+        "ABORTED",
+        "IO_ERROR",
+        "COULD_NOT_ACQUIRE_LOCK",
+    }
+)
+"""MLflow error codes worth retrying; any other MlflowException (invalid value, missing run) fails at once."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for errors a retry may cure: OS/network errors and MlflowExceptions with a transient code."""
+    if isinstance(error, MlflowException):
+        return error.error_code in TRANSIENT_ERROR_CODES
+    return isinstance(error, OSError)  # includes ConnectionError, TimeoutError and requests' errors
+
+
+def with_retries(fn: Callable[[], T], *, attempts: int = 4, base_delay: float = 0.5, max_delay: float = 8.0) -> T:
+    """Call ``fn`` until it succeeds, at most ``attempts`` times, sleeping ``base_delay * 2**k`` (capped) after the
+    k-th transient failure; a non-transient error, or the last attempt's, propagates. No jitter: one process logs."""
+    for attempt in range(attempts - 1):
+        try:
+            return fn()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            delay = min(max_delay, base_delay * 2**attempt)
+            log.warning(
+                "MLflow call failed (%s: %s); retry %d of %d in %.1fs",
+                type(e).__name__,
+                e,
+                attempt + 1,
+                attempts - 1,
+                delay,
+            )
+            time.sleep(delay)
+    return fn()
+
+
+class MlflowTracker:
+    """The ``steer.tracking.Tracker`` for MLflow: one run per output folder, reopened on resume."""
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        *,
+        experiment: str = "steer",
+        run_name: str | None = None,
+        tracking_uri: str | None = None,
+        attempts: int = 4,
+        base_delay: float = 0.5,
+    ) -> None:
+        """Open (resume) or create the run of ``output_dir``.
+
+        Args:
+            experiment: MLflow experiment name, created if missing. run_name: shown in the UI (new runs only).
+            tracking_uri: overrides ``MLFLOW_TRACKING_URI`` and the SQLite default.
+            attempts, base_delay: retry policy of every MLflow call (see ``with_retries``).
+        """
+        self.output_dir = Path(output_dir).resolve()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._attempts, self._base_delay = attempts, base_delay
+        default_uri = f"sqlite:///{self.output_dir / 'mlflow.db'}"
+        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self._closed = False
+        self._logged: set[tuple[str, int]] = set()  # (metric, step) pairs the resumed run already holds
+        id_file = self.output_dir / RUN_ID_FILE
+        self.resumed = id_file.exists()
+        if self.resumed:
+            self._run_id = id_file.read_text().strip()
+            run = self._open_existing()
+            self.experiment_id = run.info.experiment_id
+        else:
+            artifacts = (self.output_dir / "mlartifacts").as_uri() if self.tracking_uri == default_uri else None
+            self.experiment_id = self._experiment_id(experiment, artifacts)
+            tags = {"steer.output_dir": str(self.output_dir)}
+            run = self._call(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags))
+            self._run_id = run.info.run_id
+            tmp = id_file.with_suffix(".tmp")
+            tmp.write_text(self._run_id + "\n")
+            os.replace(tmp, id_file)  # the id is recorded whole or not at all
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        flat = {k: v[:MAX_PARAM_VAL_LENGTH] for k, v in flatten_params(params).items()}
+        existing = self._call(lambda: self.client.get_run(self._run_id)).data.params
+        changed = {k: (existing[k], v) for k, v in flat.items() if k in existing and existing[k] != v}
+        if changed:
+            diff = "; ".join(f"{k}: logged {old!r}, now {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(
+                f"MLflow run {self._run_id} already has different values for params ({diff}). A resumed run must "
+                f"use the config it started with: restore those values, or start a new run in a new output dir."
+            )
+        new = [Param(k, v) for k, v in flat.items() if k not in existing]
+        for i in range(0, len(new), MAX_PARAMS_TAGS_PER_BATCH):
+            chunk = new[i : i + MAX_PARAMS_TAGS_PER_BATCH]
+            self._call(lambda chunk=chunk: self.client.log_batch(self._run_id, params=chunk))
+
+    def log_metrics(self, metrics: Mapping[str, SupportsFloat], step: int) -> None:
+        check_metric_names(metrics)
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if (k, step) not in self._logged]
+        for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
+            chunk = batch[i : i + MAX_METRICS_PER_BATCH]
+            self._call(lambda chunk=chunk: self.client.log_batch(self._run_id, metrics=chunk))
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """A file goes to ``<artifact_path>/<name>``; a folder's contents to ``<artifact_path>/<folder name>/``."""
+        path = Path(path)
+        if path.is_dir():
+            dest = f"{artifact_path}/{path.name}" if artifact_path else path.name
+            self._call(lambda: self.client.log_artifacts(self._run_id, str(path), artifact_path=dest))
+        elif path.is_file():
+            self._call(lambda: self.client.log_artifact(self._run_id, str(path), artifact_path=artifact_path))
+        else:
+            raise FileNotFoundError(f"no file or folder at {path} to log as an artifact")
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._call(lambda: self.client.log_batch(self._run_id, tags=batch))
+
+    def close(self, status: str = "FINISHED") -> None:
+        if self._closed:
+            return
+        if status not in ("FINISHED", "FAILED", "KILLED"):
+            raise ValueError(f"status must be FINISHED, FAILED or KILLED, got {status!r}")
+        self._call(lambda: self.client.set_terminated(self._run_id, status=status))
+        self._closed = True
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        return with_retries(fn, attempts=self._attempts, base_delay=self._base_delay)
+
+    def _experiment_id(self, name: str, artifact_location: str | None) -> str:
+        found = self._call(lambda: self.client.get_experiment_by_name(name))
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self._call(lambda: self.client.create_experiment(name, artifact_location=artifact_location))
+        except MlflowException as e:  # created meanwhile by another process
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self._call(lambda: self.client.get_experiment_by_name(name)).experiment_id
+
+    def _open_existing(self):
+        """Reopen the recorded run, mark it running, and note which (metric, step) pairs it already holds."""
+        try:
+            run = self._call(lambda: self.client.get_run(self._run_id))
+        except MlflowException as e:
+            raise RuntimeError(
+                f"{self.output_dir / RUN_ID_FILE} names MLflow run {self._run_id}, which the store {self.tracking_uri}"
+                f" does not have. Point MLFLOW_TRACKING_URI at the store that holds it, or delete the file to start "
+                f"a new run."
+            ) from e
+        if run.info.status != "RUNNING":
+            self._call(lambda: self.client.update_run(self._run_id, status="RUNNING"))
+        for key in run.data.metrics:
+            history = self._call(lambda key=key: self.client.get_metric_history(self._run_id, key))
+            self._logged.update((key, m.step) for m in history)
+        return run
