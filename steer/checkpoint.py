@@ -1,0 +1,230 @@
+"""Training-state checkpoints that a killed run can resume from, and that load as a plain Hugging Face model.
+
+``save_checkpoint(dir, step, ...)`` writes ``dir/step-000123/``:
+
+- the model (``save_pretrained``: ``config.json``, ``*.safetensors``) and the tokenizer, so
+  ``AutoModelForCausalLM.from_pretrained(dir / "step-000123")`` works on the folder;
+- ``optimizer.pt``: the optimizer's ``state_dict``;
+- ``rng_state.pt``: the Python, NumPy (legacy global) and torch CPU/CUDA generator states, and the state of every
+  ``torch.Generator`` passed by name (e.g. the sampler's and the shuffle's);
+- ``manifest.json``, written last: format version, step, the caller's ``extra`` (data-loader position, scheduler
+  state: anything JSON-serialisable) and the size of every file.
+
+Everything is written to a hidden temp folder in ``dir``, fsynced, then renamed to its final name: a killed save
+leaves only the temp folder, which ``latest_checkpoint`` ignores and the next pruning removes. A folder without a
+readable manifest is treated as incomplete and skipped. Files are read back with ``torch.load(weights_only=True)``.
+torch and transformers only: no Prefect, no MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+FORMAT_VERSION = 1
+"""Bump when the folder layout changes; ``load_checkpoint`` refuses other versions."""
+
+MANIFEST = "manifest.json"
+_NAME = re.compile(r"^step-(\d+)$")
+_SCRATCH_PREFIXES = (".tmp-step-", ".old-step-")
+
+
+def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
+    """``<directory>/step-000123``: six digits, zero-padded, so names sort by step."""
+    return Path(directory) / f"step-{step:06d}"
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    step: int,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    optimizer: torch.optim.Optimizer,
+    generators: Mapping[str, torch.Generator] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    *,
+    keep_last: int | None = None,
+) -> Path:
+    """Save the training state after ``step`` atomically; returns ``<directory>/step-000123``.
+
+    Args:
+        generators: named ``torch.Generator`` objects whose states ``load_checkpoint`` restores.
+        extra: JSON-serialisable state of the caller, returned by ``load_checkpoint`` (e.g. the data position).
+        keep_last: then delete all but the newest ``keep_last`` complete checkpoints (None keeps all).
+    """
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"keep_last={keep_last} would delete the checkpoint just saved: use >= 1 or None")
+    extra = dict(extra or {})
+    try:
+        json.dumps(extra)
+    except TypeError as e:
+        raise TypeError(f"extra must be JSON-serialisable (numbers, strings, lists, dicts): {e}") from e
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_path(directory, step)
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".tmp-{final.name}-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(_rng_state(generators or {}), tmp / "rng_state.pt")
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest = {"format_version": FORMAT_VERSION, "step": step, "extra": extra, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                _fsync(p)
+        _fsync(tmp)
+        if final.exists():  # a redone step: move the old one aside first, a folder cannot be renamed over
+            old = directory / f".old-{final.name}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync(directory)
+    if keep_last is not None:
+        prune_checkpoints(directory, keep_last)
+    return final
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints (with a readable manifest) in ``directory``, oldest step first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for p in directory.iterdir():
+        if (m := _NAME.match(p.name)) and _read_manifest(p) is not None:
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The complete checkpoint with the highest step, or None."""
+    checkpoints = list_checkpoints(directory)
+    return checkpoints[-1] if checkpoints else None
+
+
+def prune_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` complete checkpoints, and scratch folders of interrupted saves.
+
+    Folders without a manifest are left alone (they are not known to be ours). Returns the deleted checkpoints.
+    """
+    directory = Path(directory)
+    doomed = list_checkpoints(directory)[:-keep_last]
+    for p in doomed:
+        shutil.rmtree(p)
+    for p in directory.iterdir():
+        if p.is_dir() and p.name.startswith(_SCRATCH_PREFIXES):
+            shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: PreTrainedModel,
+    optimizer: torch.optim.Optimizer,
+    generators: Mapping[str, torch.Generator] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Restore model weights, optimizer state and all RNG states in place; returns ``(step, extra)``.
+
+    ``generators`` must name the same generators that were saved (a forgotten one would silently break
+    reproducibility). The model keeps its device and dtype; tensors are copied into it.
+    """
+    path = Path(path)
+    manifest = _read_manifest(path)
+    if manifest is None:
+        raise FileNotFoundError(f"{path} has no readable {MANIFEST}: it is not a complete checkpoint")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise ValueError(f"{path} has checkpoint format {manifest['format_version']}, this code reads {FORMAT_VERSION}")
+    for name, size in manifest["files"].items():
+        if not (path / name).is_file() or (path / name).stat().st_size != size:
+            raise ValueError(f"{path / name} is missing or has changed size since the save: the checkpoint is damaged")
+    rng = torch.load(path / "rng_state.pt", weights_only=True)
+    saved, given = sorted(rng["generators"]), sorted(generators or {})
+    if saved != given:
+        raise ValueError(f"{path} holds the states of generators {saved}, but {given} were passed: pass the same names")
+
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        state.update(load_file(shard))
+    result = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})  # tied copies that save_pretrained leaves out
+    if result.unexpected_keys or set(result.missing_keys) - tied:
+        raise ValueError(
+            f"{path} does not match the model: missing {sorted(set(result.missing_keys) - tied)}, "
+            f"unexpected {sorted(result.unexpected_keys)}"
+        )
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    _set_rng_state(rng, generators or {})
+    return manifest["step"], manifest["extra"]
+
+
+def _rng_state(generators: Mapping[str, torch.Generator]) -> dict[str, Any]:
+    version, mt, gauss = random.getstate()
+    kind, key, pos, has_gauss, cached = np.random.get_state(legacy=True)  # noqa: NPY002 (the global state)
+    return {
+        "python": (version, list(mt), gauss),
+        "numpy": (kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, cached),
+        "torch_cpu": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generators": {name: g.get_state() for name, g in generators.items()},
+    }
+
+
+def _set_rng_state(rng: dict[str, Any], generators: Mapping[str, torch.Generator]) -> None:
+    version, mt, gauss = rng["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, key, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
+    torch.set_rng_state(rng["torch_cpu"])
+    if rng["torch_cuda"] and torch.cuda.is_available():
+        if len(rng["torch_cuda"]) != torch.cuda.device_count():
+            raise ValueError(
+                f"the checkpoint holds {len(rng['torch_cuda'])} CUDA RNG states but {torch.cuda.device_count()} "
+                "devices are visible: resume with the same CUDA_VISIBLE_DEVICES"
+            )
+        torch.cuda.set_rng_state_all(rng["torch_cuda"])
+    for name, g in generators.items():
+        g.set_state(rng["generators"][name])
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return (
+        manifest
+        if isinstance(manifest, dict) and {"format_version", "step", "extra", "files"} <= set(manifest)
+        else None
+    )
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder's entries to disk (a no-op where folders cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,173 @@
+"""Checkpoints: a save/mutate/load cycle restores weights, optimizer and every RNG; incomplete folders are skipped;
+pruning keeps the newest k; the folder loads with from_pretrained."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import shutil
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+from tokenizers.models import WordLevel  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config  # noqa: E402
+
+from steer.checkpoint import (  # noqa: E402
+    MANIFEST,
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def tiny_model(tie: bool = True, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=16,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        tie_word_embeddings=tie,
+    )
+    return AutoModelForCausalLM.from_config(config)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<unk>", *"0123456789+="])}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<unk>")),
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+    )
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    ids = torch.randint(0, 16, (2, 5))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def draws(generators: dict[str, torch.Generator]) -> list:
+    return [
+        random.random(),
+        float(np.random.rand())  # noqa: NPY002 (the global state is saved), torch.rand(3).tolist(),
+        * (torch.rand(2, generator=g).tolist() for g in generators.values()),
+    ]
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_save_mutate_load_restores_everything(tmp_path, tie):
+    model, tokenizer = tiny_model(tie), tiny_tokenizer()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    generators = {"sampler": torch.Generator().manual_seed(1), "shuffle": torch.Generator().manual_seed(2)}
+    train_step(model, optimizer)
+    path = save_checkpoint(tmp_path, 3, model, tokenizer, optimizer, generators, {"data_position": 96})
+    assert path == checkpoint_path(tmp_path, 3) and path.name == "step-000003"
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    opt_state = copy.deepcopy(optimizer.state_dict())  # state_dict() shares the live tensors
+    expected = draws(generators)
+
+    train_step(model, optimizer)  # mutate weights, optimizer moments and every RNG
+    assert not torch.equal(model.state_dict()["model.embed_tokens.weight"], params["model.embed_tokens.weight"])
+
+    step, extra = load_checkpoint(path, model, optimizer, generators)
+    assert (step, extra) == (3, {"data_position": 96})
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, params[k], rtol=0, atol=0)
+    if tie:
+        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    restored = optimizer.state_dict()
+    for i, s in opt_state["state"].items():
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(restored["state"][i][name], s[name], rtol=0, atol=0)
+    assert draws(generators) == expected
+
+    reloaded = AutoModelForCausalLM.from_pretrained(path)
+    ids = torch.tensor([[3, 4, 5]])
+    torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert AutoTokenizer.from_pretrained(path).convert_tokens_to_ids("7") == tokenizer.convert_tokens_to_ids("7")
+
+
+def test_resume_then_train_matches_unbroken_run(tmp_path):
+    """Two steps straight equal one step, save, a fresh process-like restart from the checkpoint, one step."""
+    model, tokenizer = tiny_model(seed=5), tiny_tokenizer()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    torch.manual_seed(11)
+    train_step(model, optimizer)
+    save_checkpoint(tmp_path, 1, model, tokenizer, optimizer)
+    train_step(model, optimizer)
+    unbroken = {k: v.clone() for k, v in model.state_dict().items()}
+
+    torch.manual_seed(999)  # a new process: other RNG state, freshly initialised model and optimizer
+    model2 = tiny_model(seed=6)
+    optimizer2 = torch.optim.AdamW(model2.parameters(), lr=1e-2)
+    step, _ = load_checkpoint(latest_checkpoint(tmp_path), model2, optimizer2)
+    train_step(model2, optimizer2)
+    assert step == 1
+    for k, v in model2.state_dict().items():
+        torch.testing.assert_close(v, unbroken[k], rtol=0, atol=0)
+
+
+def test_incomplete_checkpoints_are_skipped_and_pruning_keeps_k(tmp_path):
+    model, tokenizer = tiny_model(), tiny_tokenizer()
+    optimizer = torch.optim.AdamW(model.parameters())
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, model, tokenizer, optimizer, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000003", "step-000004"]
+
+    crashed = checkpoint_path(tmp_path, 9)  # e.g. copied by hand and interrupted: no manifest
+    shutil.copytree(checkpoint_path(tmp_path, 4), crashed)
+    (crashed / MANIFEST).unlink()
+    (tmp_path / ".tmp-step-000010-abc").mkdir()  # a save killed before its rename
+    assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 4)
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        load_checkpoint(crashed, model, optimizer)
+
+    save_checkpoint(tmp_path, 5, model, tokenizer, optimizer, keep_last=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000005", "step-000009"]  # unknown folder kept
+    assert latest_checkpoint(tmp_path / "nothing-here") is None
+
+
+def test_resaving_a_step_replaces_it(tmp_path):
+    model, tokenizer = tiny_model(), tiny_tokenizer()
+    optimizer = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path, 2, model, tokenizer, optimizer, extra={"v": 1})
+    save_checkpoint(tmp_path, 2, model, tokenizer, optimizer, extra={"v": 2})
+    assert load_checkpoint(checkpoint_path(tmp_path, 2), model, optimizer) == (2, {"v": 2})
+    assert [p.name for p in tmp_path.iterdir()] == ["step-000002"]
+
+
+def test_errors_name_the_problem(tmp_path):
+    model, tokenizer = tiny_model(), tiny_tokenizer()
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        save_checkpoint(tmp_path, 0, model, tokenizer, optimizer, extra={"x": object()})
+    with pytest.raises(ValueError, match="keep_last=0"):
+        save_checkpoint(tmp_path, 0, model, tokenizer, optimizer, keep_last=0)
+    assert list(tmp_path.iterdir()) == []
+
+    path = save_checkpoint(tmp_path, 0, model, tokenizer, optimizer, {"g": torch.Generator()})
+    with pytest.raises(ValueError, match=r"generators \['g'\], but \[\] were passed"):
+        load_checkpoint(path, model, optimizer)
+    with pytest.raises(ValueError, match="does not match the model"):
+        other = tiny_model(tie=False)
+        load_checkpoint(path, other, torch.optim.AdamW(other.parameters()), {"g": torch.Generator()})
+    manifest = json.loads((path / MANIFEST).read_text())
+    assert manifest["step"] == 0 and "optimizer.pt" in manifest["files"]
+    with open(path / "optimizer.pt", "ab") as f:
+        f.write(b"torn")
+    with pytest.raises(ValueError, match="optimizer.pt is missing or has changed size"):
+        load_checkpoint(path, model, optimizer, {"g": torch.Generator()})
