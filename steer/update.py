@@ -174,7 +174,7 @@ def policy_update(
             "set micro_batch_size to a divisor of mini_batch_size"
         )
     n, t = batch.response_mask.shape
-    sums: dict[str, float] = defaultdict(float)
+    sums: dict[str, Tensor | float] = defaultdict(float)  # tensors until the end: no device sync per micro-batch
     n_micro = 0
     omega_all, weights_all, adv_all = (torch.zeros(n, t) for _ in range(3))
     seen = torch.zeros(n, dtype=torch.bool)
@@ -224,17 +224,17 @@ def policy_update(
                 valid = micro.response_mask.bool()
                 metrics["actor/entropy"] = entropy.detach()[valid].mean() if valid.any() else entropy.new_zeros(())
                 for k, v in metrics.items():
-                    sums[k] += float(v)
+                    sums[k] += v.detach() if isinstance(v, Tensor) else v
                 n_micro += 1
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            sums["actor/grad_norm"] += float(grad_norm)
+            sums["actor/grad_norm"] += grad_norm.detach()
             sums["_steps"] += 1
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
     steps = sums.pop("_steps")
-    out = {k: v / n_micro for k, v in sums.items() if k != "actor/grad_norm"}
-    out["actor/grad_norm"] = sums["actor/grad_norm"] / steps
+    out = {k: float(v) / n_micro for k, v in sums.items() if k != "actor/grad_norm"}
+    out["actor/grad_norm"] = float(sums["actor/grad_norm"]) / steps
     out["actor/optimizer_steps"] = steps
     out["actor/lr"] = optimizer.param_groups[0]["lr"]
     return UpdateResult(out, omega_all, weights_all, adv_all)
