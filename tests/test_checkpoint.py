@@ -61,10 +61,13 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None
 
 
 def draws(generators: dict[str, torch.Generator]) -> list:
+    """One draw from every RNG a checkpoint restores (NumPy's global state is saved, hence the legacy call)."""
+    numpy_draw = float(np.random.rand())  # noqa: NPY002
     return [
         random.random(),
-        float(np.random.rand())  # noqa: NPY002 (the global state is saved), torch.rand(3).tolist(),
-        * (torch.rand(2, generator=g).tolist() for g in generators.values()),
+        numpy_draw,
+        torch.rand(3).tolist(),
+        *(torch.rand(2, generator=g).tolist() for g in generators.values()),
     ]
 
 
