@@ -174,3 +174,24 @@ def test_errors_name_the_problem(tmp_path):
         f.write(b"torn")
     with pytest.raises(ValueError, match="optimizer.pt is missing or has changed size"):
         load_checkpoint(path, model, optimizer, {"g": torch.Generator()})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rng_and_device_generator_are_restored(tmp_path):
+    model, tokenizer = tiny_model(), tiny_tokenizer()
+    model.cuda()
+    optimizer = torch.optim.AdamW(model.parameters())
+    generators = {"sampler": torch.Generator(device="cuda").manual_seed(4)}
+    path = save_checkpoint(tmp_path, 0, model, tokenizer, optimizer, generators)
+    expected = [
+        torch.rand(3, device="cuda").tolist(),
+        torch.rand(3, device="cuda", generator=generators["sampler"]).tolist(),
+    ]
+    torch.rand(5, device="cuda")
+    load_checkpoint(path, model, optimizer, generators)
+    assert [
+        torch.rand(3, device="cuda").tolist(),
+        torch.rand(3, device="cuda", generator=generators["sampler"]).tolist(),
+    ] == expected
+    assert model.lm_head.weight.device.type == "cuda"
