@@ -101,7 +101,8 @@ class MlflowTracker:
         """Open (resume) or create the run of ``output_dir``.
 
         Args:
-            experiment: MLflow experiment name, created if missing. run_name: shown in the UI (new runs only).
+            experiment: MLflow experiment name, created if missing. run_name: shown in the UI. Both apply to new
+                runs only: a resumed run keeps its own.
             tracking_uri: overrides ``MLFLOW_TRACKING_URI`` and the SQLite default.
             attempts, base_delay: retry policy of every MLflow call (see ``with_retries``).
         """
