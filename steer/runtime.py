@@ -1,0 +1,111 @@
+"""The live objects of a training run, built from its config: policy, optimizer, rollout engine, data order.
+
+Kept out of Prefect results on purpose (they are models, not pointers). Everything random derives its seed from
+``(run seed, purpose, step)`` through ``derive_seed``, so a resumed run replays exactly what an unbroken one does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steer.checkpoint import latest_checkpoint, load_checkpoint
+from steer.config import RunConfig
+from steer.data import Problem
+from steer.rollout.base import RolloutEngine, make_rollout_engine
+
+
+def derive_seed(seed: int, purpose: str, step: int) -> int:
+    """A 63-bit seed from (run seed, purpose, step): independent streams that do not depend on execution order."""
+    digest = hashlib.sha256(f"{seed}/{purpose}/{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def cache_dir() -> Path:
+    """Where built policies are cached: $STEER_CACHE_DIR, else $XDG_CACHE_HOME/steer, else ~/.cache/steer."""
+    if os.environ.get("STEER_CACHE_DIR"):
+        return Path(os.environ["STEER_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "steer"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def format_prompt(tokenizer: Any, text: str, instruction: str = "") -> str:
+    """The string the policy samples from: the chat template around one user turn when the tokenizer has one."""
+    content = text + instruction
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+    return content
+
+
+@dataclass
+class DataOrder:
+    """Which training problems each step sees: a seeded permutation per pass over the data, so step s's batch is a
+    pure function of (seed, s) and resuming needs no saved loader state."""
+
+    problems: list[Problem]
+    batch_size: int
+    seed: int
+
+    def batch(self, step: int) -> list[Problem]:
+        n = len(self.problems)
+        out = []
+        for k in range(step * self.batch_size, (step + 1) * self.batch_size):
+            epoch, pos = divmod(k, n)
+            g = torch.Generator().manual_seed(derive_seed(self.seed, "data", epoch))
+            out.append(self.problems[int(torch.randperm(n, generator=g)[pos])])
+        return out
+
+
+@dataclass
+class Runtime:
+    """Model, tokenizer, optimizer and rollout engine of one run, and the step to start from."""
+
+    config: RunConfig
+    model: Any
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    engine: RolloutEngine
+    device: torch.device
+    start_step: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.config.model.autocast_bf16 else None
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def open_runtime(config: RunConfig, policy_path: str) -> Runtime:
+    """Load the policy, build the optimizer and engine, and restore the latest checkpoint of ``output_dir`` if any."""
+    from steer.models.loading import load_policy
+
+    if config.model.num_threads:
+        torch.set_num_threads(config.model.num_threads)
+    device = resolve_device(config.model.device)
+    out = Path(config.output_dir)
+    ckpt = latest_checkpoint(out / "checkpoints")
+    model, tokenizer = load_policy(str(ckpt) if ckpt else policy_path, dtype=torch.float32, device=device)
+    if config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    o = config.optim
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
+    start, extra = 0, {}
+    if ckpt is not None:
+        start, extra = load_checkpoint(ckpt, model, optimizer, {})
+    engine = make_rollout_engine(config.rollout.backend, model=model, tokenizer=tokenizer)
+    return Runtime(config, model, tokenizer, optimizer, engine, device, start, extra)

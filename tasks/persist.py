@@ -1,0 +1,76 @@
+"""Prefect tasks that persist a step where people can read it: rollouts to Parquet, metrics to MLflow,
+checkpoints to disk. Each returns a small pointer, never a model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from steer.checkpoint import save_checkpoint
+from steer.data import Problem
+from steer.rollout.base import RolloutBatch
+from steer.rollout_store import rollout_table, write_step
+from steer.runtime import Runtime
+from steer.tracking import Tracker
+from steer.update import PolicyBatch, UpdateResult
+
+
+@task(name="write-rollouts", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def write_rollouts(
+    output_dir: str,
+    run_id: str,
+    step: int,
+    problems: list[Problem],
+    prompts: list[str],
+    rollout: RolloutBatch,
+    scores: dict,
+    batch: PolicyBatch,
+    result: UpdateResult,
+) -> str:
+    """One Parquet file per step (atomic, idempotent on resume); returns its path."""
+    table = rollout_table(
+        run_id=run_id,
+        step=step,
+        prompt_ids=[p["id"] for p in problems],
+        prompts=prompts,
+        answers=[p["answer"] for p in problems],
+        group_index=rollout.group_index,
+        sample_index=rollout.sample_index,
+        responses=rollout.response_text,
+        response_ids=rollout.response_ids.cpu(),
+        response_mask=rollout.response_mask.cpu(),
+        truncated=rollout.truncated.cpu(),
+        rewards=scores["rewards"],
+        correct=scores["correct"],
+        old_logp=batch.old_logp.cpu(),
+        entropy=batch.old_entropy.cpu(),
+        advantage=result.token_advantages,
+        omega=result.omega,
+        steer_weight=result.weights,
+    )
+    return str(write_step(Path(output_dir) / "rollouts", step, table))
+
+
+@task(name="log-metrics", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
+def log_metrics(tracker: Tracker, metrics: Mapping[str, float], step: int) -> None:
+    tracker.log_metrics(metrics, step=step)
+
+
+@task(name="save-checkpoint", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def checkpoint(rt: Runtime, step: int, tracker: Tracker, log_artifact: bool = False) -> str:
+    """Save the state after ``step`` steps (model, optimizer, RNG); optionally log the HF folder to MLflow."""
+    path = save_checkpoint(
+        Path(rt.config.output_dir) / "checkpoints",
+        step,
+        rt.model,
+        rt.tokenizer,
+        rt.optimizer,
+        extra=rt.extra,
+        keep_last=rt.config.keep_checkpoints,
+    )
+    if log_artifact:
+        tracker.log_artifact(path, artifact_path="checkpoint")
+    return str(path)

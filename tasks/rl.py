@@ -1,0 +1,81 @@
+"""Prefect tasks of one RL step: sample, score, update. Thin wrappers around ``steer`` library calls.
+
+Sampling and scoring touch processes that can fail transiently (a rollout worker, the verifier's process pool), so
+they retry; both are pure functions of their inputs and seed, so a retry reproduces the same result. The update is
+never retried: a failure half-way through an optimizer step leaves the model changed, and the run resumes from the
+last checkpoint instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from steer.advantages import compute_advantages
+from steer.config import RolloutConfig, RunConfig
+from steer.data import Problem
+from steer.rollout.base import RolloutBatch, RolloutEngine
+from steer.runtime import Runtime, format_prompt
+from steer.update import PolicyBatch, UpdateResult, build_policy_batch, policy_update, score_batch
+from steer.verifiers.math import rewards_from_correct
+
+
+@task(name="generate-rollouts", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def generate_rollouts(
+    engine: RolloutEngine, tokenizer: Any, problems: list[Problem], cfg: RolloutConfig, instruction: str, seed: int
+) -> RolloutBatch:
+    """G responses for each of the B problems. (B problems) -> RolloutBatch with N = B*G rows."""
+    prompts = [format_prompt(tokenizer, p["prompt"], instruction) for p in problems]
+    return engine.generate(
+        prompts,
+        n_samples=cfg.samples_per_prompt,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=seed,
+    )
+
+
+@task(name="score-rollouts", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def score_rollouts(scorer: Any, rollout: RolloutBatch, problems: list[Problem], reward_mode: str) -> dict:
+    """Verify each response against its problem's answer: ``correct`` (N,) bool and ``rewards`` (N,) float."""
+    answers = [problems[int(i)]["answer"] for i in rollout.group_index]
+    correct = torch.tensor(scorer.score(rollout.response_text, answers), dtype=torch.bool)  # (N,)
+    return {"correct": correct, "rewards": rewards_from_correct(correct, reward_mode)}
+
+
+@task(name="update-policy", retries=0, cache_policy=NO_CACHE)
+def update_policy(
+    rt: Runtime, rollout: RolloutBatch, rewards: torch.Tensor, seed: int
+) -> tuple[UpdateResult, PolicyBatch]:
+    """Advantages, old log-probs under the rollout policy, then the mini-batch optimizer steps of ``rt.config``.
+    Returns the update's result and the batch it trained on (with ``old_logp``, ``old_entropy``, ``advantages``)."""
+    cfg: RunConfig = rt.config
+    lengths = rollout.response_mask.sum(-1)  # (N,)
+    adv = compute_advantages(rewards, rollout.group_index, estimator=cfg.algorithm.advantage_estimator, lengths=lengths)
+    pad = rt.tokenizer.pad_token_id if rt.tokenizer.pad_token_id is not None else rt.tokenizer.eos_token_id
+    batch = build_policy_batch(
+        rollout.prompt_ids, rollout.group_index, rollout.response_ids, rollout.response_mask, adv, pad_id=pad
+    ).to(rt.device)
+    temperature = cfg.rollout.temperature
+    micro = cfg.optim.micro_batch_size
+    batch.old_logp, batch.old_entropy = score_batch(
+        rt.model, batch, micro_batch_size=micro, temperature=temperature, autocast_dtype=rt.autocast_dtype
+    )
+    result = policy_update(
+        rt.model,
+        rt.optimizer,
+        batch,
+        cfg.algorithm,
+        mini_batch_size=cfg.mini_batch_size,
+        micro_batch_size=micro,
+        epochs=cfg.optim.epochs,
+        temperature=temperature,
+        max_grad_norm=cfg.optim.max_grad_norm,
+        generator=torch.Generator().manual_seed(seed),  # CPU: drives the shuffle and Clip-Cov's choice
+        autocast_dtype=rt.autocast_dtype,
+    )
+    return result, batch
