@@ -1,0 +1,155 @@
+"""Math answer checking: boxed-answer extraction, math-verify comparison, rewards, and a process-pool scorer.
+
+The rule-based reward of RLVR (DeepSeek-R1; DAPO, Yu et al. 2025, eq. 7): a response earns +1 when the answer in its
+last ``\\boxed{...}`` is mathematically equivalent to the gold answer, else -1 (or 1/0 with ``mode="01"``).
+Equivalence is decided by HuggingFace's math-verify (sympy-based parse + verify). A response without a boxed answer
+is wrong; unlike math-verify's own ``parse`` on the whole response, no "final answer is ..." fallback is tried, so
+the reward measures exactly what the prompt asks for.
+
+math-verify bounds its own work with ``signal.alarm``, which only works on a process's main thread. ``MathScorer``
+therefore scores in worker processes (where the worker's main thread runs math-verify with its alarms on), under a
+watchdog that kills and replaces a worker stuck on one item beyond a hard wall-clock limit (``steer.verifiers.pool``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from steer.verifiers.pool import WatchdogPool
+
+if TYPE_CHECKING:
+    import torch
+
+_BOXED_COMMANDS = ("\\boxed", "\\fbox")
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, braces balanced; None if none closes.
+
+    Also accepts the brace-less form ``\\boxed 5`` (one token up to whitespace or ``$``), as the MATH dataset does.
+    ``\\boxed{\\frac{1}{2}}`` -> ``"\\frac{1}{2}"``; an unclosed last box (a truncated response) gives None even if an
+    earlier box closed, since the response's final answer is the last one it started.
+    """
+    start = max(text.rfind(cmd) for cmd in _BOXED_COMMANDS)
+    if start < 0:
+        return None
+    cmd = next(c for c in _BOXED_COMMANDS if text.startswith(c, start))
+    i = start + len(cmd)
+    if text.startswith(" ", i):  # "\\boxed 5": one token
+        token = text[i:].split(maxsplit=1)[0].split("$")[0] if text[i:].strip() else ""
+        return token or None
+    if not text.startswith("{", i):
+        return None
+    depth, j = 0, i
+    while j < len(text):
+        ch = text[j]
+        if ch == "\\" and text[j + 1 : j + 2] in ("{", "}"):
+            j += 2  # "\\{" is a literal brace of the answer (a set), not a group
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j].strip()
+        j += 1
+    return None
+
+
+def _math_verify():
+    import math_verify  # lazy: sympy + antlr take ~0.5 s to import
+
+    return math_verify
+
+
+def _parse(expr: str, timeout_s: int | None):
+    mv = _math_verify()
+    return mv.parse(
+        "\\boxed{" + expr + "}",
+        extraction_config=[mv.LatexExtractionConfig(), mv.ExprExtractionConfig()],
+        parsing_timeout=timeout_s,
+    )
+
+
+def verify_math(response: str, answer: str, timeout_s: int | None = 5) -> bool:
+    """True iff the last boxed answer of ``response`` is equivalent to the gold ``answer`` (math-verify).
+
+    ``answer`` may be plain text ("3/4", "[-1, 1]", "x=2, y=1") or LaTeX ("\\frac{3}{4}"); it is parsed the same way as
+    the boxed prediction. ``timeout_s`` is math-verify's per-parse / per-comparison alarm; it is switched off off the
+    main thread (``signal.alarm`` would raise there), so call this from threads only under an outer time limit --
+    ``MathScorer`` gives one. In-process and serial: the throughput baseline that ``MathScorer`` is measured against.
+    """
+    boxed = extract_boxed(response)
+    if boxed is None or not boxed:
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        timeout_s = None
+    gold = _parse(str(answer), timeout_s)
+    pred = _parse(boxed, timeout_s)
+    if not gold or not pred:
+        return False
+    return bool(_math_verify().verify(gold, pred, timeout_seconds=timeout_s))
+
+
+def rewards_from_correct(correct: torch.Tensor | Sequence[bool], mode: str = "pm1") -> torch.Tensor:
+    """Map correctness (N,) to float rewards (N,): ``"pm1"`` -> +1/-1 (DAPO, the STEER paper), ``"01"`` -> 1/0."""
+    import torch  # here, not at the top: pool workers import this module and need no torch
+
+    c = torch.as_tensor(list(correct) if not isinstance(correct, torch.Tensor) else correct).to(torch.bool)  # (N,)
+    if mode == "pm1":
+        return c.float() * 2.0 - 1.0
+    if mode == "01":
+        return c.float()
+    raise KeyError(f"unknown reward mode {mode!r}; valid modes: 01, pm1")
+
+
+def _score_one(item: tuple[str, str]) -> bool:
+    """Worker-side scoring of one (response, answer) pair; runs on the worker's main thread, so alarms work."""
+    response, answer = item
+    try:
+        return verify_math(response, answer, timeout_s=_WORKER_ALARM_S)
+    except Exception:  # math-verify swallows most errors itself; anything left is a wrong answer, not a crash
+        return False
+
+
+_WORKER_ALARM_S = 5
+
+
+class MathScorer:
+    """Scores (response, gold answer) pairs with ``verify_math`` in a pool of worker processes.
+
+    ``score(responses, answers) -> list[bool]`` (N,). Each item gets at most ``timeout_s`` seconds of wall clock; a
+    worker still busy after that is killed and replaced, and the item counts as wrong (``num_timeouts`` counts them).
+    Inside the worker, math-verify's own 5 s alarms usually end a slow parse first. Use as a context manager, or call
+    ``close()``: the workers are separate processes.
+
+    ``num_workers=None`` uses every core the process may run on. Workers start with the ``spawn`` method (safe when
+    the parent holds threads, as torch does) and import math-verify once.
+    """
+
+    def __init__(self, num_workers: int | None = None, timeout_s: float = 15.0, chunksize: int = 16):
+        self._pool = WatchdogPool(
+            "steer.verifiers.math:_score_one", num_workers=num_workers, timeout_s=timeout_s, chunksize=chunksize
+        )
+
+    @property
+    def num_timeouts(self) -> int:
+        """Items that hit the hard time limit since this scorer started."""
+        return self._pool.num_timeouts
+
+    def score(self, responses: Sequence[str], answers: Sequence[str]) -> list[bool]:
+        if len(responses) != len(answers):
+            raise ValueError(f"{len(responses)} responses but {len(answers)} answers")
+        results = self._pool.map(list(zip(responses, map(str, answers))))
+        return [r is True for r in results]  # a timed-out item comes back as None
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> MathScorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

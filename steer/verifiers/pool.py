@@ -1,0 +1,198 @@
+"""A process pool with a per-item wall-clock limit: a stuck item costs its own time budget, never the run.
+
+``multiprocessing.Pool`` cannot take back a task from a worker stuck in C code (a sympy simplification that never
+ends), and ``signal.alarm`` based limits only work on a main thread. ``WatchdogPool`` gives each worker its own pipe,
+sends it small chunks, and gets one result per item back; when a worker has made no progress for ``timeout_s``
+seconds, the parent SIGKILLs it, records ``None`` for the item it was on, requeues the rest of its chunk and starts a
+replacement. A worker that dies on its own (segfault, OOM kill) is handled the same way.
+
+Workers are fresh interpreters (``python -m steer.verifiers.pool FD_IN FD_OUT``) that import the function by its
+dotted name: unlike multiprocessing's ``spawn``, nothing re-imports the caller's ``__main__``, so the pool works from
+scripts without a ``__main__`` guard, notebooks and threads alike.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+# the folder holding the ``steer`` package, so workers import the same code as the parent even when uninstalled
+_SRC_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def available_cpus() -> int:
+    """Cores this process may run on (its affinity mask), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve(dotted: str) -> Any:
+    """``"package.module:attr"`` -> the object."""
+    module, _, attr = dotted.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class _Worker:
+    def __init__(self, fn: str):
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "steer.verifiers.pool", fn, str(to_child_r), str(from_child_w)],
+            pass_fds=(to_child_r, from_child_w),
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_SRC_ROOT, os.environ.get("PYTHONPATH")]))},
+        )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.send_conn = Connection(to_child_w, readable=False)
+        self.recv_conn = Connection(from_child_r, writable=False)
+        self.ready = False  # True once the worker has imported ``fn`` and said so
+        self.queue: deque[int] = deque()  # indices sent and not yet answered, in order
+        self.last_progress = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.process.kill()
+        self.process.wait(timeout=10)
+        self.send_conn.close()
+        self.recv_conn.close()
+
+
+class WatchdogPool:
+    """Maps ``fn`` (a dotted ``"module:function"`` name) over items in ``num_workers`` processes, per-item time limit.
+
+    ``map(items) -> list`` keeps the input order; an item whose worker was killed (time limit) or died gives ``None``.
+    ``timeout_s`` counts from the moment the worker finished its previous item (or got the chunk), so queueing in a
+    chunk does not eat an item's budget; a worker's start-up (imports) is not counted either. Items and results must
+    pickle. Workers start at construction and are reused across ``map`` calls; ``close()`` stops them.
+    """
+
+    def __init__(self, fn: str, num_workers: int | None = None, timeout_s: float = 15.0, chunksize: int = 16):
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.fn = fn
+        self.num_workers = num_workers or available_cpus()
+        self.timeout_s = timeout_s
+        self.chunksize = max(1, chunksize)
+        self.num_timeouts = 0
+        self.num_crashes = 0
+        self._workers: list[_Worker] | None = [_Worker(fn) for _ in range(self.num_workers)]
+
+    def _await_ready(self, w: _Worker) -> None:
+        """Block until ``w`` has imported its function (bounded by 120 s); raise if it cannot start."""
+        if w.ready:
+            return
+        if w.recv_conn.poll(120):
+            try:
+                if w.recv_conn.recv() == "ready":
+                    w.ready = True
+                    return
+            except (EOFError, OSError):
+                pass
+        w.kill()
+        raise RuntimeError(f"pool worker for {self.fn!r} failed to start (exit code {w.process.returncode})")
+
+    def _replace(self, k: int) -> None:
+        self._workers[k].kill()
+        self._workers[k] = _Worker(self.fn)
+
+    def map(self, items: Sequence[Any]) -> list[Any]:
+        if self._workers is None:
+            raise RuntimeError("WatchdogPool is closed")
+        results: list[Any] = [None] * len(items)
+        pending = deque(range(len(items)))
+        # chunks small enough that every worker gets several: the tail of a map is not one worker's long chunk
+        chunk = max(1, min(self.chunksize, len(items) // (4 * self.num_workers)))
+        workers = self._workers
+        while pending or any(w.queue for w in workers):
+            for w in workers:  # top up idle workers
+                if not w.queue and pending:
+                    self._await_ready(w)
+                    ids = [pending.popleft() for _ in range(min(chunk, len(pending)))]
+                    w.queue.extend(ids)
+                    w.last_progress = time.monotonic()
+                    w.send_conn.send([(i, items[i]) for i in ids])
+            busy = [w for w in workers if w.queue]
+            deadline = min(w.last_progress for w in busy) + self.timeout_s
+            wait([w.recv_conn for w in busy], max(0.0, deadline - time.monotonic()))
+            for k, w in enumerate(workers):
+                if not w.queue:
+                    continue
+                try:
+                    while w.queue and w.recv_conn.poll():
+                        idx, value = w.recv_conn.recv()
+                        results[idx] = value
+                        w.queue.popleft()
+                        w.last_progress = time.monotonic()
+                    if not w.queue or time.monotonic() - w.last_progress < self.timeout_s:
+                        continue
+                    self.num_timeouts += 1  # alive but silent for timeout_s: stuck on its head item
+                except (EOFError, OSError):  # died mid-chunk (segfault, OOM kill)
+                    self.num_crashes += 1
+                w.queue.popleft()  # the item it was on stays None
+                pending.extendleft(reversed(w.queue))  # the rest of its chunk goes back
+                w.queue.clear()
+                self._replace(k)
+        return results
+
+    def close(self) -> None:
+        """Stop the workers (politely, then SIGKILL after 2 s); idempotent."""
+        if self._workers is None:
+            return
+        for w in self._workers:
+            try:
+                w.send_conn.send(None)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 2
+        for w in self._workers:
+            try:
+                w.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            w.kill()
+        self._workers = None
+
+    def __enter__(self) -> WatchdogPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _worker_main(fn_name: str, fd_in: int, fd_out: int) -> None:
+    """Worker loop: say "ready", then for each chunk [(index, item)] send back (index, fn(item)) one at a time."""
+    fn = resolve(fn_name)
+    recv_conn, send_conn = Connection(fd_in, writable=False), Connection(fd_out, readable=False)
+    send_conn.send("ready")
+    while True:
+        try:
+            chunk = recv_conn.recv()
+        except (EOFError, OSError):  # the parent went away
+            return
+        if chunk is None:
+            return
+        for idx, item in chunk:
+            send_conn.send((idx, fn(item)))
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
