@@ -6,14 +6,13 @@ sends it small chunks, and gets one result per item back; when a worker has made
 seconds, the parent SIGKILLs it, records ``None`` for the item it was on, requeues the rest of its chunk and starts a
 replacement. A worker that dies on its own (segfault, OOM kill) is handled the same way.
 
-Workers are fresh interpreters (``python -m steer.verifiers.pool FD_IN FD_OUT``) that import the function by its
-dotted name: unlike multiprocessing's ``spawn``, nothing re-imports the caller's ``__main__``, so the pool works from
-scripts without a ``__main__`` guard, notebooks and threads alike.
+Workers are fresh interpreters (``python -m steer.verifiers._pool_worker FN FD_IN FD_OUT``) that import the
+function by its dotted name: unlike multiprocessing's ``spawn``, nothing re-imports the caller's ``__main__``, so the
+pool works from scripts without a ``__main__`` guard, notebooks and threads alike.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -35,18 +34,12 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def resolve(dotted: str) -> Any:
-    """``"package.module:attr"`` -> the object."""
-    module, _, attr = dotted.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 class _Worker:
     def __init__(self, fn: str):
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "steer.verifiers.pool", fn, str(to_child_r), str(from_child_w)],
+            [sys.executable, "-m", "steer.verifiers._pool_worker", fn, str(to_child_r), str(from_child_w)],
             pass_fds=(to_child_r, from_child_w),
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_SRC_ROOT, os.environ.get("PYTHONPATH")]))},
@@ -176,23 +169,3 @@ class WatchdogPool:
             self.close()
         except Exception:
             pass
-
-
-def _worker_main(fn_name: str, fd_in: int, fd_out: int) -> None:
-    """Worker loop: say "ready", then for each chunk [(index, item)] send back (index, fn(item)) one at a time."""
-    fn = resolve(fn_name)
-    recv_conn, send_conn = Connection(fd_in, writable=False), Connection(fd_out, readable=False)
-    send_conn.send("ready")
-    while True:
-        try:
-            chunk = recv_conn.recv()
-        except (EOFError, OSError):  # the parent went away
-            return
-        if chunk is None:
-            return
-        for idx, item in chunk:
-            send_conn.send((idx, fn(item)))
-
-
-if __name__ == "__main__":
-    _worker_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

@@ -1,0 +1,32 @@
+"""Entry point of a ``WatchdogPool`` worker: ``python -m steer.verifiers._pool_worker MODULE:FUNCTION FD_IN FD_OUT``.
+
+Kept apart from ``steer.verifiers.pool`` so that running it as ``__main__`` does not re-execute a module the package
+has already imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from multiprocessing.connection import Connection
+
+
+def main(fn_name: str, fd_in: int, fd_out: int) -> None:
+    """Worker loop: say "ready", then for each chunk [(index, item)] send back (index, fn(item)) one at a time."""
+    module, _, attr = fn_name.partition(":")
+    fn = getattr(importlib.import_module(module), attr)
+    recv_conn, send_conn = Connection(fd_in, writable=False), Connection(fd_out, readable=False)
+    send_conn.send("ready")
+    while True:
+        try:
+            chunk = recv_conn.recv()
+        except (EOFError, OSError):  # the parent went away
+            return
+        if chunk is None:
+            return
+        for idx, item in chunk:
+            send_conn.send((idx, fn(item)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
