@@ -15,9 +15,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from steer.config import RunConfig
 from steer.diagnostics import rollout_metrics
+from steer.rollout_store import remove_steps_after
 from steer.runtime import DataOrder, derive_seed, open_runtime
 from steer.tracking import flatten_params
-from steer.verifiers.math import MathScorer
+from steer.verifiers import VERIFIERS
 from tasks.data import prepare_data, prepare_policy, read_problems
 from tasks.evaluate import evaluate_heldout
 from tasks.persist import checkpoint, log_metrics, write_rollouts
@@ -43,7 +44,8 @@ def train(config: RunConfig) -> dict:
         # 2. live objects: model, optimizer, engine (restored from the last checkpoint), verifier, tracker
         rt = open_runtime(config, policy_path)
         stack.callback(rt.close)
-        scorer = stack.enter_context(MathScorer())
+        remove_steps_after(out / "rollouts", rt.start_step - 1)  # steps past the checkpoint are redone
+        scorer = stack.enter_context(VERIFIERS.get(config.verifier)())
         tracker = MlflowTracker(out, experiment=config.experiment, run_name=f"{config.algorithm.name}-s{config.seed}")
         stack.callback(tracker.close)
         if not tracker.resumed:
@@ -74,7 +76,12 @@ def train(config: RunConfig) -> dict:
             t0 = time.perf_counter()
             problems = data.batch(step)
             rollout = generate_rollouts(
-                rt.engine, rt.tokenizer, problems, config.rollout, instruction, derive_seed(config.seed, "rollout", step)
+                rt.engine,
+                rt.tokenizer,
+                problems,
+                config.rollout,
+                instruction,
+                derive_seed(config.seed, "rollout", step),
             )
             t1 = time.perf_counter()
             scores = score_rollouts(scorer, rollout, problems, config.reward_mode)

@@ -43,10 +43,13 @@ class DataConfig(_Section):
     )
     split: str = Field("train", description="Dataset split for hub sources.")
     prompt_key: str | None = Field(
-        None, description="Column with the problem text (a string or a chat list); None: the source's known mapping "
-        "(steer.data.loaders.KNOWN_COLUMN_MAPS) or 'prompt'."
+        None,
+        description="Column with the problem text (a string or a chat list); None: the source's known mapping "
+        "(steer.data.loaders.KNOWN_COLUMN_MAPS) or 'prompt'.",
     )
-    answer_key: str | None = Field(None, description="Column with the gold answer (dotted for nested); None: known or 'answer'.")
+    answer_key: str | None = Field(
+        None, description="Column with the gold answer (dotted for nested); None: known or 'answer'."
+    )
     id_key: str | None = Field(None, description="Column with a stable problem id; None: known, or number the rows.")
     train_size: int = Field(20_000, gt=0, description="Embedded source: training problems generated.")
     heldout_size: int = Field(128, gt=0, description="Held-out problems for evaluation.")
@@ -105,12 +108,15 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _batch_arithmetic(self) -> RunConfig:
+        from steer.verifiers import VERIFIERS
+
+        if self.verifier not in VERIFIERS:
+            raise ValueError(f"verifier={self.verifier!r} is not one of: {', '.join(VERIFIERS.names())}")
         b, g = self.rollout.prompts_per_step, self.rollout.samples_per_prompt
         mini = self.optim.mini_batch_prompts
         if b % mini:
             raise ValueError(
-                f"optim.mini_batch_prompts={mini} must divide rollout.prompts_per_step={b}: "
-                f"pick a divisor of {b}"
+                f"optim.mini_batch_prompts={mini} must divide rollout.prompts_per_step={b}: pick a divisor of {b}"
             )
         if (mini * g) % self.optim.micro_batch_size:
             raise ValueError(

@@ -54,8 +54,9 @@ def write_rollouts(
     return str(write_step(Path(output_dir) / "rollouts", step, table))
 
 
-@task(name="log-metrics", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
+@task(name="log-metrics", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def log_metrics(tracker: Tracker, metrics: Mapping[str, float], step: int) -> None:
+    """The tracker retries transient errors itself (with backoff); this task retry covers a longer outage."""
     tracker.log_metrics(metrics, step=step)
 
 

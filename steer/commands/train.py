@@ -7,7 +7,9 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="preset name (steer/presets/*.yaml) or a path to a .yaml file")
-    p.add_argument("--algorithm", help="algorithm preset: grpo, clip_higher, entropy_bonus, clip_cov, kl_cov, steer, ...")
+    p.add_argument(
+        "--algorithm", help="algorithm preset: grpo, clip_higher, entropy_bonus, clip_cov, kl_cov, steer, ..."
+    )
     p.add_argument("--steps", type=int, help="RL steps")
     p.add_argument("--seed", type=int, help="run seed")
     p.add_argument("--output-dir", help="where the run writes; rerun with the same folder to resume")

@@ -1,0 +1,140 @@
+"""The training flow for real: Prefect (a throwaway API), MLflow (SQLite), Parquet, the embedded tiny policy."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from transformers import AutoModelForCausalLM
+
+from flows.train import train
+from steer.checkpoint import latest_checkpoint
+from steer.config import load_config
+from steer.rollout_store import ROLLOUT_SCHEMA, finished_steps, read_rollouts
+from steer.verifiers import VERIFIERS
+from steer.verifiers.math import MathScorer
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {
+    "steps": 3,
+    "checkpoint_every": 1,
+    "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 8},
+    "optim": {"mini_batch_prompts": 2, "micro_batch_size": 8, "lr": 1e-4},
+    "eval": {"every": 2, "max_new_tokens": 8},
+    "data": {"heldout_size": 16, "train_size": 200},
+}
+
+
+def small_config(out: Path, **extra):
+    return load_config("tiny", {**SMALL, "output_dir": str(out), **extra})
+
+
+def metric_history(run_dir: Path, key: str) -> dict[int, float]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+@pytest.fixture(scope="module")
+def finished_run(prefect_harness, tmp_path_factory):
+    out = tmp_path_factory.mktemp("flow") / "run"
+    summary = train(small_config(out))
+    return out, summary
+
+
+def test_rollouts_are_in_parquet_with_the_documented_schema(finished_run):
+    out, _ = finished_run
+    table = read_rollouts(out / "rollouts")
+    assert table.schema.equals(ROLLOUT_SCHEMA, check_metadata=False)
+    assert table.num_rows == 3 * 4 * 4  # steps x B x G
+    assert finished_steps(out / "rollouts") == [0, 1, 2]
+    rows = table.to_pylist()
+    assert all(len(r["token_ids"]) == r["length"] == len(r["steer_weight"]) for r in rows)
+    assert all(0.7 - 1e-6 <= w <= 1.0 for r in rows for w in r["steer_weight"])
+    assert {r["reward"] for r in rows} <= {-1.0, 1.0}
+    assert all((r["reward"] > 0) == r["correct"] for r in rows)
+
+
+def test_mlflow_has_params_and_namespaced_metrics_per_step(finished_run):
+    out, summary = finished_run
+    for key in ("reward/mean", "rollout/entropy", "actor/clipfrac", "steer/weight_mean", "timing/update",
+                "steer/quadrant/pos_high/share"):  # fmt: skip
+        assert sorted(metric_history(out, key)) == [0, 1, 2], key
+    assert sorted(metric_history(out, "eval/accuracy")) == [0, 2, 3]
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    params = client.get_run(summary["mlflow_run_id"]).data.params
+    assert params["algorithm.steer_lambda_min"] == "0.7" and params["rollout.samples_per_prompt"] == "4"
+    assert summary["heldout_accuracy_before"] is not None and summary["heldout_accuracy_after"] is not None
+
+
+def test_checkpoint_reloads_with_from_pretrained(finished_run):
+    out, _ = finished_run
+    ckpt = latest_checkpoint(out / "checkpoints")
+    assert ckpt.name == "step-000003"
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    logits = model(torch.tensor([[1, 2, 3]])).logits
+    assert torch.isfinite(logits).all()
+
+
+class FlakyMathScorer(MathScorer):
+    """A real math scorer whose first call fails, as a worker pool dying once would."""
+
+    failures_left = 1
+
+    def score(self, responses, answers):
+        if FlakyMathScorer.failures_left:
+            FlakyMathScorer.failures_left -= 1
+            raise ConnectionError("injected transient fault")
+        return super().score(responses, answers)
+
+
+def test_a_transient_scoring_fault_is_retried_and_changes_nothing(finished_run, tmp_path):
+    if "flaky_math" not in VERIFIERS:
+        VERIFIERS.register("flaky_math")(FlakyMathScorer)
+    out, _ = finished_run
+    flaky = tmp_path / "flaky"
+    train(small_config(flaky, verifier="flaky_math", steps=2))
+    assert FlakyMathScorer.failures_left == 0
+    for key in ("reward/mean", "actor/pg_loss", "rollout/entropy"):
+        assert metric_history(flaky, key) == {s: v for s, v in metric_history(out, key).items() if s < 2}, key
+
+
+def _cli(out: Path, steps: int, env: dict) -> list[str]:
+    sets = ["checkpoint_every=1", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
+            "rollout.max_new_tokens=8", "optim.mini_batch_prompts=2", "optim.micro_batch_size=8", "optim.lr=1e-4",
+            "eval.every=2", "eval.max_new_tokens=8", "data.heldout_size=16", "data.train_size=200"]  # fmt: skip
+    cmd = [sys.executable, "-m", "steer.cli", "train", "--preset", "tiny", "--steps", str(steps), "--output-dir",
+           str(out)]  # fmt: skip
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd
+
+
+def test_resume_after_a_kill_matches_an_unbroken_run(finished_run, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    out, _ = finished_run
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or ""}
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(run, 3, env), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    while latest_checkpoint(run / "checkpoints") is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-run: after the first checkpoint, before the end
+    proc.wait()
+    assert latest_checkpoint(run / "checkpoints") is not None, proc.stderr.read().decode()[-2000:]
+    done = finished_steps(run / "rollouts")
+    assert done != [0, 1, 2], "the kill came too late to test a resume"
+    subprocess.run(_cli(run, 3, env), cwd=ROOT, env=env, check=True, capture_output=True)
+    assert finished_steps(run / "rollouts") == [0, 1, 2]
+    a = read_rollouts(run / "rollouts").drop(["run_id"])
+    b = read_rollouts(out / "rollouts").drop(["run_id"])
+    assert a.num_rows == b.num_rows == 48 and a.equals(b)  # nothing lost or duplicated, same samples
+    for key in ("reward/mean", "actor/pg_loss", "eval/accuracy"):
+        assert metric_history(run, key) == metric_history(out, key), key
