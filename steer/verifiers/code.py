@@ -43,10 +43,18 @@ def _steer_main():
     if spec["kind"] == "humaneval":
         g["check"](g[spec["entry_point"]])
     else:
+        import signal
+
+        def _too_slow(signum, frame):
+            raise TimeoutError("a test ran past its time limit")
+
+        signal.signal(signal.SIGALRM, _too_slow)
         fn = getattr(g["Solution"](), spec["fn_name"])
         for i, case in enumerate(spec["tests"]):
             args = [_json.loads(line) for line in case["input"].split("\\n") if line.strip()]
+            signal.setitimer(signal.ITIMER_REAL, spec["test_timeout_s"])
             got = fn(*args)
+            signal.setitimer(signal.ITIMER_REAL, 0)
             got = list(got) if isinstance(got, tuple) else got
             if got != _json.loads(case["output"]):
                 raise SystemExit(f"wrong answer on test {i}")
@@ -115,25 +123,28 @@ def run_code_tests(response: str, spec: dict[str, Any], limits: Limits | None = 
     """Run ``response`` against ``spec`` in the sandbox; the last run's result (the first failing one, if any)."""
     limits = limits or Limits()
     kind = spec.get("kind")
+    if kind not in ("functional", "humaneval", "stdin"):
+        raise KeyError(f"unknown code test kind {kind!r}; valid kinds: functional, humaneval, stdin")
     if kind == "humaneval":
         return _run_harnessed(kind, humaneval_source(spec, response), {"entry_point": spec["entry_point"]}, limits)
     tests = spec["tests"]
-    if kind == "functional":  # all tests in one process: the limits scale with their number, up to 2 minutes
+    if kind == "functional":
+        # all tests in one process: each gets limits.wall_s (an alarm in the harness); the process's own limits
+        # scale with the number of tests, up to 2 minutes, as a backstop for a program that disarms the alarm
         n = max(1, len(tests))
         scaled = dataclasses.replace(limits, wall_s=min(120.0, limits.wall_s * n), cpu_s=min(120, limits.cpu_s * n))
-        return _run_harnessed(kind, extract_code(response), {"fn_name": spec["fn_name"], "tests": tests}, scaled)
-    if kind == "stdin":
-        code, result = extract_code(response), None
-        for case in tests:
-            result = run_program(code, stdin=case["input"], limits=limits)
-            if result.passed and not _outputs_match(result.stdout, case["output"]):
-                result.status = "error"
-            if not result.passed:
-                break
-        if result is None:
-            raise ValueError("a stdin spec needs at least one test")
-        return result
-    raise KeyError(f"unknown code test kind {kind!r}; valid kinds: functional, humaneval, stdin")
+        extra = {"fn_name": spec["fn_name"], "tests": tests, "test_timeout_s": limits.wall_s}
+        return _run_harnessed(kind, extract_code(response), extra, scaled)
+    if not tests:
+        raise ValueError("a stdin spec needs at least one test")
+    code = extract_code(response)
+    for case in tests:
+        result = run_program(code, stdin=case["input"], limits=limits)
+        if result.passed and not _outputs_match(result.stdout, case["output"]):
+            result.status = "error"
+        if not result.passed:
+            break
+    return result
 
 
 def verify_code(response: str, spec: dict[str, Any], limits: Limits | None = None) -> bool:
