@@ -1,4 +1,7 @@
-"""Entry point of a ``WatchdogPool`` worker: ``python -m steer.verifiers._pool_worker MODULE:FUNCTION FD_IN FD_OUT``.
+"""Entry point of a ``WatchdogPool`` worker: ``python -m steer.verifiers._pool_worker FN INIT FD_IN FD_OUT``.
+
+``FN`` and ``INIT`` are ``module:function`` names; ``INIT`` (may be empty) is called once before the worker reports
+ready.
 
 Kept apart from ``steer.verifiers.pool`` so that running it as ``__main__`` does not re-execute a module the package
 has already imported.
@@ -11,10 +14,16 @@ import sys
 from multiprocessing.connection import Connection
 
 
-def main(fn_name: str, fd_in: int, fd_out: int) -> None:
+def _resolve(dotted: str):
+    module, _, attr = dotted.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def main(fn_name: str, init_name: str, fd_in: int, fd_out: int) -> None:
     """Worker loop: say "ready", then for each chunk [(index, item)] send back (index, fn(item)) one at a time."""
-    module, _, attr = fn_name.partition(":")
-    fn = getattr(importlib.import_module(module), attr)
+    fn = _resolve(fn_name)
+    if init_name:
+        _resolve(init_name)()
     recv_conn, send_conn = Connection(fd_in, writable=False), Connection(fd_out, readable=False)
     send_conn.send("ready")
     while True:
@@ -29,4 +38,4 @@ def main(fn_name: str, fd_in: int, fd_out: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

@@ -117,6 +117,11 @@ def _score_one(item: tuple[str, str]) -> bool:
 _WORKER_ALARM_S = 5
 
 
+def _warm_up() -> None:
+    """Worker initializer: import math-verify and build its parsers once, before the worker reports ready."""
+    verify_math("\\boxed{\\frac{1}{2}}", "0.5", timeout_s=_WORKER_ALARM_S)
+
+
 class MathScorer:
     """Scores (response, gold answer) pairs with ``verify_math`` in a pool of worker processes.
 
@@ -131,13 +136,21 @@ class MathScorer:
 
     def __init__(self, num_workers: int | None = None, timeout_s: float = 15.0, chunksize: int = 16):
         self._pool = WatchdogPool(
-            "steer.verifiers.math:_score_one", num_workers=num_workers, timeout_s=timeout_s, chunksize=chunksize
+            "steer.verifiers.math:_score_one",
+            num_workers=num_workers,
+            timeout_s=timeout_s,
+            chunksize=chunksize,
+            initializer="steer.verifiers.math:_warm_up",
         )
 
     @property
     def num_timeouts(self) -> int:
         """Items that hit the hard time limit since this scorer started."""
         return self._pool.num_timeouts
+
+    def wait_ready(self) -> None:
+        """Block until every worker has imported math-verify (~1 s), e.g. before timing or before training starts."""
+        self._pool.wait_ready()
 
     def score(self, responses: Sequence[str], answers: Sequence[str]) -> list[bool]:
         if len(responses) != len(answers):

@@ -35,11 +35,19 @@ def available_cpus() -> int:
 
 
 class _Worker:
-    def __init__(self, fn: str):
+    def __init__(self, fn: str, initializer: str | None):
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "steer.verifiers._pool_worker", fn, str(to_child_r), str(from_child_w)],
+            [
+                sys.executable,
+                "-m",
+                "steer.verifiers._pool_worker",
+                fn,
+                initializer or "",
+                str(to_child_r),
+                str(from_child_w),
+            ],
             pass_fds=(to_child_r, from_child_w),
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_SRC_ROOT, os.environ.get("PYTHONPATH")]))},
@@ -68,20 +76,28 @@ class WatchdogPool:
 
     ``map(items) -> list`` keeps the input order; an item whose worker was killed (time limit) or died gives ``None``.
     ``timeout_s`` counts from the moment the worker finished its previous item (or got the chunk), so queueing in a
-    chunk does not eat an item's budget; a worker's start-up (imports) is not counted either. Items and results must
-    pickle. Workers start at construction and are reused across ``map`` calls; ``close()`` stops them.
+    chunk does not eat an item's budget; a worker's start-up (imports, then the optional ``initializer``, another
+    dotted name called once with no arguments) is not counted either. Items and results must pickle. Workers start
+    at construction and are reused across ``map`` calls; ``close()`` stops them.
     """
 
-    def __init__(self, fn: str, num_workers: int | None = None, timeout_s: float = 15.0, chunksize: int = 16):
+    def __init__(
+        self,
+        fn: str,
+        num_workers: int | None = None,
+        timeout_s: float = 15.0,
+        chunksize: int = 16,
+        initializer: str | None = None,
+    ):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.fn = fn
+        self.fn, self.initializer = fn, initializer
         self.num_workers = num_workers or available_cpus()
         self.timeout_s = timeout_s
         self.chunksize = max(1, chunksize)
         self.num_timeouts = 0
         self.num_crashes = 0
-        self._workers: list[_Worker] | None = [_Worker(fn) for _ in range(self.num_workers)]
+        self._workers: list[_Worker] | None = [_Worker(fn, initializer) for _ in range(self.num_workers)]
 
     def _await_ready(self, w: _Worker) -> None:
         """Block until ``w`` has imported its function (bounded by 120 s); raise if it cannot start."""
@@ -97,9 +113,14 @@ class WatchdogPool:
         w.kill()
         raise RuntimeError(f"pool worker for {self.fn!r} failed to start (exit code {w.process.returncode})")
 
+    def wait_ready(self) -> None:
+        """Block until every worker has started (imports done); ``map`` otherwise waits for each when first used."""
+        for w in self._workers or []:
+            self._await_ready(w)
+
     def _replace(self, k: int) -> None:
         self._workers[k].kill()
-        self._workers[k] = _Worker(self.fn)
+        self._workers[k] = _Worker(self.fn, self.initializer)
 
     def map(self, items: Sequence[Any]) -> list[Any]:
         if self._workers is None:
