@@ -90,10 +90,13 @@ def test_ensure_builds_once_and_loads_with_auto_classes(tmp_path, monkeypatch):
 
     model = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
-    assert type(model).__name__ == "Qwen2ForCausalLM" and model.config.num_hidden_layers == 1
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 1
     assert model.config.eos_token_id == tok.eos_token_id and model.config.vocab_size == len(tok)
+    text = "Calculate 1 + 2.\n\\boxed{3}"
+    built = build_char_tokenizer(SMALL.alphabet, SMALL.words)
+    assert tok(text)["input_ids"] == built(text)["input_ids"] and tok.decode(tok(text)["input_ids"]) == text
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([tok("Calculate 1 + 2.\n")["input_ids"]])).logits
+        logits = model(input_ids=torch.tensor([tok(text)["input_ids"]])).logits
     assert logits.shape[-1] == len(tok) and torch.isfinite(logits).all()
 
 

@@ -1,4 +1,4 @@
-"""The embedded default policy: a tiny Qwen2-architecture causal LM with a character-level tokenizer, warm-started
+"""The embedded default policy: a tiny Llama-architecture causal LM with a character-level tokenizer, warm-started
 by a short supervised fine-tune on the embedded arithmetic task, saved in Hugging Face format.
 
 Everything downstream loads it with ``AutoModelForCausalLM`` / ``AutoTokenizer`` (``steer.models.loading``), the same
@@ -50,7 +50,7 @@ class TinyPolicySpec:
     num_heads: int = 4
     """Attention heads (head size = hidden_size / num_heads)."""
     num_kv_heads: int = 2
-    """Key/value heads (grouped-query attention, as in Qwen2)."""
+    """Key/value heads (grouped-query attention)."""
     intermediate_size: int = 512
     """SwiGLU MLP width (4x hidden)."""
     max_position_embeddings: int = 256
@@ -92,7 +92,7 @@ def build_char_tokenizer(alphabet: str, words: tuple[str, ...] = ()) -> Any:
     """A character-level ``PreTrainedTokenizerFast``: ids 0-3 are <pad> <bos> <eos> <unk>, then one id per character,
     then one per entry of ``words`` (whole strings matched first, e.g. ``"\\boxed{"``).
 
-    No token is added automatically (like Qwen2, no BOS); the chat template renders a prompt as ``content + "\\n"``.
+    No token is added automatically (no BOS, as for Qwen2); the chat template renders a prompt as ``content + "\\n"``.
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -116,10 +116,16 @@ def build_char_tokenizer(alphabet: str, words: tuple[str, ...] = ()) -> Any:
 
 
 def build_tiny_model(spec: TinyPolicySpec, tokenizer: Any) -> Any:
-    """A randomly initialised ``Qwen2ForCausalLM`` of the spec's sizes (tied embeddings); seeds from ``spec.seed``."""
-    from transformers import AutoModelForCausalLM, Qwen2Config
+    """A randomly initialised ``LlamaForCausalLM`` of the spec's sizes (tied embeddings); seeds from ``spec.seed``.
 
-    config = Qwen2Config(
+    Llama rather than Qwen2 (the two differ only by Qwen2's q/k/v biases): for a folder whose config says ``qwen2``,
+    transformers 5's ``AutoTokenizer`` ignores ``tokenizer_config.json`` and rebuilds a ``Qwen2Tokenizer`` (byte-level
+    BPE pre-tokenizer) that drops this tokenizer's spaces and newlines; for ``llama`` it loads ``tokenizer.json`` as
+    saved. SmolLM2 is a Llama too, so both embedded policies share one code path.
+    """
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
