@@ -110,15 +110,23 @@ def _score_one(item: tuple[str, str]) -> bool:
     response, answer = item
     try:
         return verify_math(response, answer, timeout_s=_WORKER_ALARM_S)
-    except Exception:  # math-verify swallows most errors itself; anything left is a wrong answer, not a crash
+    except Exception:  # math-verify swallows most errors itself; anything left (MemoryError) is a wrong answer
         return False
 
 
 _WORKER_ALARM_S = 5
 
 
+_WORKER_MEMORY_MB = 4096
+
+
 def _warm_up() -> None:
-    """Worker initializer: import math-verify and build its parsers once, before the worker reports ready."""
+    """Worker initializer: cap the worker's address space (a runaway sympy expansion then raises MemoryError in that
+    worker instead of swapping the machine), import math-verify and build its parsers once."""
+    import resource
+
+    limit = _WORKER_MEMORY_MB << 20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     verify_math("\\boxed{\\frac{1}{2}}", "0.5", timeout_s=_WORKER_ALARM_S)
 
 
@@ -130,8 +138,8 @@ class MathScorer:
     Inside the worker, math-verify's own 5 s alarms usually end a slow parse first. Use as a context manager, or call
     ``close()``: the workers are separate processes.
 
-    ``num_workers=None`` uses every core the process may run on. Workers start with the ``spawn`` method (safe when
-    the parent holds threads, as torch does) and import math-verify once.
+    ``num_workers=None`` uses every core the process may run on. Workers are fresh interpreters (safe when the parent
+    holds threads, as torch does) that import math-verify once and run under a 4 GiB address-space limit.
     """
 
     def __init__(self, num_workers: int | None = None, timeout_s: float = 15.0, chunksize: int = 16):

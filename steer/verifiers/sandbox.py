@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 _LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_init.py")
 _UNSHARE_FLAGS = ["--net", "--mount", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc"]
 _UID_BASE, _UID_SPAN = 1_600_000_000, 1 << 24  # far above any real account; one random uid per run
+_RNG = random.SystemRandom()  # not the global ``random``: runs seeded alike must not pick the same uids
 _NOBODY = 65534
 _INNER_WORKDIR = "/tmp/sandbox"
 SANDBOX_ERROR_PREFIX = "steer-sandbox:"
@@ -130,7 +131,7 @@ def _kill_uid(uid: int) -> None:
 
 
 def _run(source: str, stdin: str, limits: Limits, python: str, namespaces: bool, uid_mode: str) -> SandboxResult:
-    uid = {"random": _UID_BASE + random.randrange(_UID_SPAN), "nobody": _NOBODY, "none": None}[uid_mode]
+    uid = {"random": _UID_BASE + _RNG.randrange(_UID_SPAN), "nobody": _NOBODY, "none": None}[uid_mode]
     src_dir = tempfile.mkdtemp(prefix="steer-sbx-")
     try:
         with open(os.path.join(src_dir, "prog.py"), "w", encoding="utf-8") as f:
@@ -174,7 +175,10 @@ def _run(source: str, stdin: str, limits: Limits, python: str, namespaces: bool,
                 proc.wait(timeout=limits.wall_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                os.killpg(proc.pid, signal.SIGKILL)  # unshare, launcher, program and all they spawned in the group
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # unshare, launcher, program and all they spawned in the group
+                except ProcessLookupError:  # it ended between the timeout and the kill
+                    pass
                 proc.wait()
             wall = time.monotonic() - start
             if not namespaces:  # no PID namespace took the stragglers down with it
