@@ -146,3 +146,15 @@ def test_top_p_filter_by_hand():
     assert torch.isinf(top_p_filter(logits, 1.0)).tolist() == [[False, False, False]]
     shuffled = logits[:, [2, 0, 1]]  # order must not matter
     assert torch.isinf(top_p_filter(shuffled, 0.6)).tolist() == [[True, False, False]]
+
+
+def test_gpu_rollout_check_smoke_runs_on_cpu():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_rollout_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_rollout_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--smoke"])
+    assert result["batch"] == 8 and result["generated_tokens"] > 0 and result["logp_mismatch_max"] < 1e-4
