@@ -122,6 +122,18 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
     ),
     "setuid_root": ("import os\nos.setuid(0)", {"error"}),
     "su_escalation": ("import subprocess\nsubprocess.run(['su', '-c', 'id'], check=True, timeout=2)", {"error"}),
+    # unprivileged user namespaces are allowed here: "root" inside one still cannot read host files or lift limits
+    "user_namespace_root": (
+        "import subprocess\n"
+        "r = subprocess.run(['unshare', '-Urn', 'cat', '{sentinel}/secret.txt'], capture_output=True)\n"
+        "print(r.stdout.decode())",
+        {"error"},
+    ),
+    "user_namespace_rlimits": (
+        "import subprocess, sys\nsrc = 'import resource as r; r.setrlimit(r.RLIMIT_CPU, (r.RLIM_INFINITY,) * 2)'\n"
+        "subprocess.run(['unshare', '-Ur', sys.executable, '-c', src], check=True)",
+        {"error"},
+    ),
     "mount_over_root": (
         "import subprocess\nsubprocess.run(['mount', '-t', 'tmpfs', 'x', '/srv'], check=True)",
         {"error"},
