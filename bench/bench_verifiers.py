@@ -74,22 +74,31 @@ def make_batch(problems: int, samples: int, seed: int = 0) -> tuple[list[str], l
     return responses, answers
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (fields 14-15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_math(problems: int, samples: int, workers: int | None) -> dict:
     from steer.verifiers.math import MathScorer, verify_math
 
     responses, answers = make_batch(problems, samples)
     n = len(responses)
     verify_math("\\boxed{1}", "1")  # import math-verify outside the timing, as the pool's workers do at start-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     serial = [verify_math(r, a) for r, a in zip(responses, answers)]
-    t_serial = time.perf_counter() - t0
+    t_serial, cpu_serial = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
     with MathScorer(num_workers=workers) as scorer:
         scorer.wait_ready()
         t_start = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        pids = [w.process.pid for w in scorer._pool._workers]
+        t0, c0, w0 = time.perf_counter(), time.process_time(), sum(map(_cpu_s, pids))
         pooled = scorer.score(responses, answers)
-        t_pool = time.perf_counter() - t0
+        t_pool, cpu_parent = time.perf_counter() - t0, time.process_time() - c0
+        cpu_workers = sum(map(_cpu_s, pids)) - w0  # valid while no worker was replaced (0 timeouts)
         num_workers, timeouts = scorer._pool.num_workers, scorer.num_timeouts
     assert pooled == serial, "the pool disagrees with the serial verifier"
     return {
@@ -102,6 +111,11 @@ def bench_math(problems: int, samples: int, workers: int | None) -> dict:
         "pool_s": t_pool,
         "pool_items_per_s": n / t_pool,
         "pool_timeouts": timeouts,
+        # CPU cost per item: independent of other load on the machine; with W idle cores the pool reaches about
+        # W / worker_cpu_ms_per_item * 1000 items/s
+        "serial_cpu_ms_per_item": 1000 * cpu_serial / n,
+        "pool_worker_cpu_ms_per_item": 1000 * cpu_workers / n,
+        "pool_parent_cpu_ms_per_item": 1000 * cpu_parent / n,
     }
 
 
@@ -140,9 +154,14 @@ def main() -> None:
         f"math, {m['responses']} responses ({m['correct']} correct), {result['cores']} cores, load {load_before:.1f}:"
     )
     print(f"  in-process serial     {m['serial_items_per_s']:8.1f} items/s  ({m['serial_s']:.1f} s)")
+    print(f"  in-process serial CPU  {m['serial_cpu_ms_per_item']:8.2f} ms/item")
     print(
         f"  pool x{m['pool_workers']:<2}              {m['pool_items_per_s']:8.1f} items/s  ({m['pool_s']:.1f} s; "
         f"start-up {m['pool_startup_s']:.1f} s, {m['pool_timeouts']} timeouts)"
+    )
+    print(
+        f"  pool CPU               {m['pool_worker_cpu_ms_per_item']:8.2f} ms/item in workers + "
+        f"{m['pool_parent_cpu_ms_per_item']:.2f} ms/item in the parent"
     )
     if not args.skip_code:
         result["code"] = bench_code([1, 2, 4])
