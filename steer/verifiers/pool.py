@@ -23,6 +23,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 # the folder holding the ``steer`` package, so workers import the same code as the parent even when uninstalled
+_START_TIMEOUT_S = 120  # a worker must have imported its function by then
+
 _SRC_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -58,7 +60,7 @@ class _Worker:
         self.recv_conn = Connection(from_child_r, writable=False)
         self.ready = False  # True once the worker has imported ``fn`` and said so
         self.queue: deque[int] = deque()  # indices sent and not yet answered, in order
-        self.last_progress = time.monotonic()
+        self.started = self.last_progress = time.monotonic()
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -99,24 +101,26 @@ class WatchdogPool:
         self.num_crashes = 0
         self._workers: list[_Worker] | None = [_Worker(fn, initializer) for _ in range(self.num_workers)]
 
-    def _await_ready(self, w: _Worker) -> None:
-        """Block until ``w`` has imported its function (bounded by 120 s); raise if it cannot start."""
-        if w.ready:
-            return
-        if w.recv_conn.poll(120):
-            try:
-                if w.recv_conn.recv() == "ready":
-                    w.ready = True
-                    return
-            except (EOFError, OSError):
-                pass
-        w.kill()
-        raise RuntimeError(f"pool worker for {self.fn!r} failed to start (exit code {w.process.returncode})")
+    def _check_ready(self, w: _Worker, block: bool = False) -> bool:
+        """Whether ``w`` has imported its function; with ``block``, wait for it. Raises if it cannot start."""
+        if not w.ready:
+            if w.recv_conn.poll(_START_TIMEOUT_S if block else 0):
+                try:
+                    w.ready = w.recv_conn.recv() == "ready"
+                except (EOFError, OSError):
+                    pass
+                if not w.ready:
+                    w.kill()
+                    raise RuntimeError(f"pool worker for {self.fn!r} failed to start (exit {w.process.returncode})")
+            elif block or time.monotonic() - w.started > _START_TIMEOUT_S:
+                w.kill()
+                raise RuntimeError(f"pool worker for {self.fn!r} did not start within {_START_TIMEOUT_S} s")
+        return w.ready
 
     def wait_ready(self) -> None:
-        """Block until every worker has started (imports done); ``map`` otherwise waits for each when first used."""
+        """Block until every worker has started (imports and initializer done)."""
         for w in self._workers or []:
-            self._await_ready(w)
+            self._check_ready(w, block=True)
 
     def _replace(self, k: int) -> None:
         self._workers[k].kill()
@@ -131,16 +135,16 @@ class WatchdogPool:
         chunk = max(1, min(self.chunksize, len(items) // (4 * self.num_workers)))
         workers = self._workers
         while pending or any(w.queue for w in workers):
-            for w in workers:  # top up idle workers
-                if not w.queue and pending:
-                    self._await_ready(w)
+            for w in workers:  # top up idle workers that have started (a replacement may still be importing)
+                if not w.queue and pending and self._check_ready(w):
                     ids = [pending.popleft() for _ in range(min(chunk, len(pending)))]
                     w.queue.extend(ids)
                     w.last_progress = time.monotonic()
                     w.send_conn.send([(i, items[i]) for i in ids])
             busy = [w for w in workers if w.queue]
-            deadline = min(w.last_progress for w in busy) + self.timeout_s
-            wait([w.recv_conn for w in busy], max(0.0, deadline - time.monotonic()))
+            starting = [w for w in workers if not w.ready]
+            deadline = min((w.last_progress + self.timeout_s for w in busy), default=time.monotonic() + 1.0)
+            wait([w.recv_conn for w in busy + starting], max(0.0, deadline - time.monotonic()))
             for k, w in enumerate(workers):
                 if not w.queue:
                     continue
