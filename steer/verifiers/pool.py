@@ -22,9 +22,8 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-# the folder holding the ``steer`` package, so workers import the same code as the parent even when uninstalled
 _START_TIMEOUT_S = 120  # a worker must have imported its function by then
-
+# the folder holding the ``steer`` package, so workers import the same code as the parent even when uninstalled
 _SRC_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
