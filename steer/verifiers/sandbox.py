@@ -16,9 +16,13 @@ Each run (``run_program``) gets, where the machine allows it (``isolation()`` sa
 - output read back truncated to ``max_output_bytes``.
 
 What is not isolated: the program can read world-readable files of the host (there is no private root filesystem
-as ``bubblewrap`` would give), and it runs on the host kernel. Without ``unshare`` (or when not root) the run falls
-back to rlimits + process-group kill in a host temp folder (documented in ``Isolation.notes``): a program that calls
-``setsid`` can then outlive the run, and RLIMIT_NPROC counts all of the user's processes.
+as ``bubblewrap`` would give), may create user namespaces where the kernel allows it (it is "root" only inside them:
+host files and its rlimits stay out of reach), and runs on the host kernel.
+
+Fallbacks, recorded in ``Isolation.notes``: as root without working ``unshare`` (e.g. a container without
+CAP_SYS_ADMIN) the program still gets its own uid, rlimits and a host temp folder, and its leftover processes are
+killed by uid, but it shares the network and ``/tmp``. Not root: it runs as this user (it could write the user's
+files), a child that calls ``setsid`` can outlive the run, and RLIMIT_NPROC counts all of the user's processes.
 """
 
 from __future__ import annotations
