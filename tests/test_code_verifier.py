@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 from steer.verifiers import VERIFIERS
@@ -75,3 +78,28 @@ def test_functional_kind_and_scorer():
     assert VERIFIERS.get("code") is CodeScorer
     with pytest.raises(KeyError, match="valid kinds: functional, humaneval, stdin"):
         verify_code("print(1)", {"kind": "unit"})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the uid fallback needs root")
+def test_fallback_without_namespaces_still_isolates_by_uid():
+    # as in a container where unshare is refused: own uid, host temp folder, stragglers killed by uid
+    from steer.verifiers import sandbox
+
+    daemon = "import subprocess\nsubprocess.Popen(['sleep', '60'], start_new_session=True)\n"
+    daemon += "print(open('prog.py').read()[:6])"
+    result = sandbox._run(daemon, "", FAST, isolation().python, namespaces=False, uid_mode="random")
+    assert result.passed and result.stdout == "import\n"
+    time.sleep(0.2)
+    lo, hi = sandbox._UID_BASE, sandbox._UID_BASE + sandbox._UID_SPAN
+    alive = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            status = open(f"/proc/{pid}/status").read()
+        except OSError:
+            continue
+        uid = int(status.split("Uid:")[1].split()[0])
+        if lo <= uid < hi and "State:\tZ" not in status:
+            alive.append(pid)
+    assert alive == []
+    denied = sandbox._run("open('/etc/steer-pwned', 'w')", "", FAST, isolation().python, False, "random")
+    assert denied.status == "error" and "Permission denied" in denied.stderr
