@@ -17,7 +17,6 @@ from steer.config import RunConfig
 from steer.diagnostics import rollout_metrics
 from steer.rollout_store import remove_steps_after
 from steer.runtime import DataOrder, derive_seed, open_runtime
-from steer.tracking import flatten_params
 from steer.verifiers import VERIFIERS
 from tasks.data import prepare_data, prepare_policy, read_problems
 from tasks.evaluate import evaluate_heldout
@@ -49,7 +48,7 @@ def train(config: RunConfig) -> dict:
         tracker = MlflowTracker(out, experiment=config.experiment, run_name=f"{config.algorithm.name}-s{config.seed}")
         stack.callback(tracker.close)
         if not tracker.resumed:
-            tracker.log_params(flatten_params(config.model_dump()))
+            tracker.log_params(config.model_dump(mode="json"))
         data = DataOrder(train_set, config.rollout.prompts_per_step, config.seed)
         instruction = config.data.instruction
 

@@ -39,16 +39,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def format_prompt(tokenizer: Any, text: str, instruction: str = "") -> str:
-    """The string the policy samples from: the chat template around one user turn when the tokenizer has one."""
-    content = text + instruction
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-        )
-    return content
-
-
 @dataclass
 class DataOrder:
     """Which training problems each step sees: a seeded permutation per pass over the data, so step s's batch is a

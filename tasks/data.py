@@ -10,6 +10,7 @@ from prefect import task
 
 from steer.config import DataConfig, ModelConfig
 from steer.data import ArithmeticTask, ColumnMap, Problem, heldout_problems, load_problems, train_problems
+from steer.models.loading import resolve_policy
 from steer.runtime import cache_dir
 
 
@@ -54,13 +55,5 @@ def read_problems(path: str) -> list[Problem]:
 
 @task(name="prepare-policy", retries=2, retry_delay_seconds=[2, 10])
 def prepare_policy(cfg: ModelConfig) -> str:
-    """The folder (or hub id) the policy loads from: builds and caches the embedded policy on first use."""
-    if cfg.name_or_path == "tiny":
-        from steer.models.tiny import ensure_tiny_policy
-
-        return str(ensure_tiny_policy(cache_dir() / "tiny"))
-    if cfg.name_or_path == "smollm2":
-        from steer.models.loading import ensure_smollm2
-
-        return str(ensure_smollm2(cache_dir() / "smollm2"))
-    return cfg.name_or_path
+    """The folder (or hub id) the policy loads from: builds and caches an embedded policy on first use."""
+    return resolve_policy(cfg.name_or_path, cache_dir())

@@ -10,8 +10,8 @@ from prefect.cache_policies import NO_CACHE
 
 from steer.config import EvalConfig
 from steer.data import Problem
+from steer.models.loading import format_prompt
 from steer.rollout.base import RolloutEngine
-from steer.runtime import format_prompt
 
 
 @task(name="evaluate-heldout", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
@@ -20,7 +20,7 @@ def evaluate_heldout(
     seed: int,
 ) -> dict[str, float]:  # fmt: skip
     """``eval/accuracy`` (avg@k over the held-out problems), ``eval/entropy_proxy`` (mean sampled NLL per token)."""
-    prompts = [format_prompt(tokenizer, p["prompt"], instruction) for p in problems]
+    prompts = [format_prompt(tokenizer, p["prompt"] + instruction) for p in problems]
     out = engine.generate(
         prompts, n_samples=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
         max_new_tokens=cfg.max_new_tokens, seed=seed,

@@ -17,8 +17,9 @@ from prefect.cache_policies import NO_CACHE
 from steer.advantages import compute_advantages
 from steer.config import RolloutConfig, RunConfig
 from steer.data import Problem
+from steer.models.loading import format_prompt
 from steer.rollout.base import RolloutBatch, RolloutEngine
-from steer.runtime import Runtime, format_prompt
+from steer.runtime import Runtime
 from steer.update import PolicyBatch, UpdateResult, build_policy_batch, policy_update, score_batch
 from steer.verifiers.math import rewards_from_correct
 
@@ -28,7 +29,7 @@ def generate_rollouts(
     engine: RolloutEngine, tokenizer: Any, problems: list[Problem], cfg: RolloutConfig, instruction: str, seed: int
 ) -> RolloutBatch:
     """G responses for each of the B problems. (B problems) -> RolloutBatch with N = B*G rows."""
-    prompts = [format_prompt(tokenizer, p["prompt"], instruction) for p in problems]
+    prompts = [format_prompt(tokenizer, p["prompt"] + instruction) for p in problems]
     return engine.generate(
         prompts,
         n_samples=cfg.samples_per_prompt,
