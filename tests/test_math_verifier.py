@@ -107,6 +107,7 @@ TABLE = [
     ("\\text{(A)}", "A", True),
     ("B", "\\text{(C)}", False),
     ("\\text{even}", "\\text{odd}", False),
+    ("There are no primes in the sequence", "There are no primes in the sequence", True),  # same text: equal
     # malformed LaTeX in the prediction never counts as correct
     ("1/2", "\\frac{1}{2", False),
     ("3", "\\frac{}{}", False),

@@ -13,6 +13,7 @@ watchdog that kills and replaces a worker stuck on one item beyond a hard wall-c
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     import torch
 
 _BOXED_COMMANDS = ("\\boxed", "\\fbox")
+_INTEGER = re.compile(r"-?\d{1,50}")
 
 
 def extract_boxed(text: str) -> str | None:
@@ -80,17 +82,23 @@ def verify_math(response: str, answer: str, timeout_s: int | None = 5) -> bool:
     the boxed prediction. ``timeout_s`` is math-verify's per-parse / per-comparison alarm; it is switched off off the
     main thread (``signal.alarm`` would raise there), so call this from threads only under an outer time limit --
     ``MathScorer`` gives one. In-process and serial: the throughput baseline that ``MathScorer`` is measured against.
+    Identical strings and two plain integers (``"042"`` vs ``"42"``) are decided without math-verify.
     """
     boxed = extract_boxed(response)
     if boxed is None or not boxed:
         return False
+    gold = str(answer).strip()
+    if boxed == gold:  # fast paths (most RL answers are integers): the same text, or two plain integers
+        return True
+    if _INTEGER.fullmatch(boxed) and _INTEGER.fullmatch(gold):
+        return int(boxed) == int(gold)
     if threading.current_thread() is not threading.main_thread():
         timeout_s = None
-    gold = _parse(str(answer), timeout_s)
-    pred = _parse(boxed, timeout_s)
-    if not gold or not pred:
+    gold_parsed = _parse(gold, timeout_s)
+    pred_parsed = _parse(boxed, timeout_s)
+    if not gold_parsed or not pred_parsed:
         return False
-    return bool(_math_verify().verify(gold, pred, timeout_seconds=timeout_s))
+    return bool(_math_verify().verify(gold_parsed, pred_parsed, timeout_seconds=timeout_s))
 
 
 def rewards_from_correct(correct: torch.Tensor | Sequence[bool], mode: str = "pm1") -> torch.Tensor:
