@@ -19,7 +19,7 @@ from steer.rollout_store import remove_steps_after
 from steer.runtime import DataOrder, derive_seed, open_runtime
 from steer.verifiers import VERIFIERS
 from tasks.data import prepare_data, prepare_policy, read_problems
-from tasks.evaluate import evaluate_heldout
+from tasks.evaluate import evaluate_policy
 from tasks.persist import checkpoint, log_metrics, write_rollouts
 from tasks.rl import generate_rollouts, score_rollouts, update_policy
 from tasks.tracking import MlflowTracker
@@ -57,9 +57,13 @@ def train(config: RunConfig) -> dict:
 
         def evaluate(updates_done: int) -> None:
             seed = derive_seed(config.seed, "eval", updates_done)
-            evals[updates_done] = evaluate_heldout(
-                rt.engine, rt.tokenizer, scorer, heldout, config.eval, instruction, seed
-            )
+            e = config.eval
+            metrics, _ = evaluate_policy(
+                rt.engine, rt.tokenizer, scorer, heldout, k=e.samples_per_prompt, temperature=e.temperature,
+                top_p=e.top_p, max_new_tokens=e.max_new_tokens, seed=seed, instruction=instruction,
+            )  # fmt: skip
+            metrics["eval/accuracy"] = metrics[f"eval/avg_at_{e.samples_per_prompt}"]
+            evals[updates_done] = metrics
             log_metrics(tracker, evals[updates_done], updates_done)
 
         # 3. held-out accuracy of the starting policy

@@ -12,6 +12,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # built policies (the embedded tiny model) are cached per checkout, so a second test run skips the build
 os.environ.setdefault("STEER_CACHE_DIR", str(ROOT / ".cache" / "steer"))
 

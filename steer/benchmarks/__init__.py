@@ -108,14 +108,22 @@ _register(BenchmarkSpec(
 # boxed-answer request for an instruction-tuned model) is appended by the caller, as in training.
 
 
-def load_benchmark(name: str, data_path: str | os.PathLike | None = None, limit: int | None = None) -> list[dict]:
-    """The problems of benchmark ``name`` (first ``limit`` if given) as ``{"id", "prompt", "answer", "task"}``."""
+def load_benchmark(
+    name: str, data_path: str | os.PathLike | None = None, limit: int | None = None, template: str | None = None
+) -> list[dict]:
+    """The problems of benchmark ``name`` (first ``limit`` if given) as ``{"id", "prompt", "answer", "task"}``.
+    ``template`` replaces the benchmark's prompt template (e.g. ``"{problem}"`` for the embedded policy)."""
     spec = BENCHMARKS.get(name)
     records = spec.loader(spec, data_path)
     if limit is not None:
         records = records[:limit]
     return [
-        {"id": r["id"], "prompt": spec.prompt_template.format(**r["fields"]), "answer": r["answer"], "task": name}
+        {
+            "id": r["id"],
+            "prompt": (template or spec.prompt_template).format(**r["fields"]),
+            "answer": r["answer"],
+            "task": name,
+        }
         for r in records
     ]
 

@@ -1,0 +1,32 @@
+"""The evaluation flow for real on CPU: the embedded policy on offline benchmarks, results in Parquet and MLflow."""
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.evaluate import evaluate
+from steer.cli import main
+
+
+def test_evaluation_flow_writes_generations_and_metrics(prefect_harness, tmp_path):
+    out = tmp_path / "eval"
+    results = evaluate(model="tiny", benchmarks=["reasoning_gym_heldout", "champ"], k=2, limit=6, max_new_tokens=10,
+                       output_dir=str(out))  # fmt: skip
+    rg = results["reasoning_gym_heldout"]
+    assert rg["eval/reasoning_gym_heldout/num_problems"] == 6
+    assert 0.0 <= rg["eval/reasoning_gym_heldout/pass_at_1"] <= rg["eval/reasoning_gym_heldout/maj_at_2"] + 1
+    # pass@1 is avg@k for k >= 1 samples, by the unbiased estimator's definition
+    assert rg["eval/reasoning_gym_heldout/pass_at_1"] == pytest.approx(rg["eval/reasoning_gym_heldout/avg_at_2"])
+    gens = pq.read_table(out / "generations-reasoning_gym_heldout.parquet").to_pylist()
+    assert len(gens) == 12 and {g["sample_index"] for g in gens} == {0, 1}
+    assert sum(g["correct"] for g in gens) / 12 == pytest.approx(rg["eval/reasoning_gym_heldout/avg_at_2"])
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    logged = client.get_run(run_id).data.metrics
+    assert logged["eval/champ/avg_at_2"] == results["champ"]["eval/champ/avg_at_2"]
+    assert (out / "results.md").read_text().count("| champ |") >= 3
+
+
+def test_unknown_benchmark_fails_before_loading_anything(prefect_harness, tmp_path, capsys):
+    assert main(["eval", "--benchmark", "aime2024", "--output-dir", str(tmp_path)]) == 2
+    assert "valid names" in capsys.readouterr().err
