@@ -3,6 +3,8 @@
 - Store: ``tracking_uri`` if given, else the ``MLFLOW_TRACKING_URI`` environment variable, else a SQLite store
   ``sqlite:///<output_dir>/mlflow.db`` with artifacts under ``<output_dir>/mlartifacts`` (view it with
   ``mlflow ui --backend-store-uri sqlite:///<output_dir>/mlflow.db``).
+- Nesting: ``parent_run_id`` makes the new run a child of another run of the same store (MLflow's
+  ``mlflow.parentRunId`` tag, which its UI nests on); ``tags`` are set on the new run (an ablation tags arm and seed).
 - Resume: the run id is written to ``<output_dir>/mlflow_run_id``; a tracker opened on the same folder reopens that
   run. Metrics of a ``(name, step)`` the run already holds are not logged again, so the steps redone after a resume
   (those between the last checkpoint and the interruption) leave one point per step; the first value stands.
@@ -95,6 +97,8 @@ class MlflowTracker:
         experiment: str = "steer",
         run_name: str | None = None,
         tracking_uri: str | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] | None = None,
         attempts: int = 4,
         base_delay: float = 0.5,
     ) -> None:
@@ -104,6 +108,7 @@ class MlflowTracker:
             experiment: MLflow experiment name, created if missing. run_name: shown in the UI. Both apply to new
                 runs only: a resumed run keeps its own.
             tracking_uri: overrides ``MLFLOW_TRACKING_URI`` and the SQLite default.
+            parent_run_id, tags: the parent run and extra tags of a new run (a resumed run keeps its own).
             attempts, base_delay: retry policy of every MLflow call (see ``with_retries``).
         """
         self.output_dir = Path(output_dir).resolve()
@@ -123,7 +128,9 @@ class MlflowTracker:
         else:
             artifacts = (self.output_dir / "mlartifacts").as_uri() if self.tracking_uri == default_uri else None
             self.experiment_id = self._experiment_id(experiment, artifacts)
-            tags = {"steer.output_dir": str(self.output_dir)}
+            tags = {**{k: str(v) for k, v in (tags or {}).items()}, "steer.output_dir": str(self.output_dir)}
+            if parent_run_id:
+                tags["mlflow.parentRunId"] = parent_run_id
             run = self._call(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags))
             self._run_id = run.info.run_id
             tmp = id_file.with_suffix(".tmp")

@@ -1,0 +1,173 @@
+"""An ablation: arms (an algorithm preset plus overrides each) x seeds, all on one base preset.
+
+``AblationConfig`` is the typed parameter of the Prefect flow ``flows/ablate.py`` (the Prefect UI shows it as a
+form) and of ``steer ablate``. ``AblationConfig.jobs()`` expands it into one validated ``RunConfig`` per arm and
+seed, each writing to ``<output_root>/<arm>/seed-<seed>``. No Prefect or MLflow here.
+
+    AblationConfig(arms=select_arms(["grpo", "steer_0.7"]), seeds=[0, 1], steps=20).jobs()
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from steer.algorithms import ALGORITHMS
+from steer.config import ConfigError, RunConfig, _merge, _set_dotted, load_config
+
+ARM_NAME = re.compile(r"[a-z0-9_.\-]+")
+"""Arm names become folder names and MLflow tag values: lower case, digits, ``_ . -``."""
+
+
+class ArmSpec(BaseModel):
+    """One arm of the ablation: an algorithm preset and the settings that distinguish it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Label in plots, tables, folders and the MLflow tag steer.arm ([a-z0-9_.-]).")
+    algorithm: str = Field(description="Algorithm preset (steer.algorithms.ALGORITHMS): grpo, steer, clip_cov, ...")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Dotted run settings for this arm only, e.g. {'algorithm.steer_lambda_min': 0.6}; they win over "
+        "the ablation-wide overrides.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not ARM_NAME.fullmatch(v):
+            raise ValueError(f"arm name {v!r} must match [a-z0-9_.-]+ (it becomes a folder and a tag), e.g. steer_0.6")
+        return v
+
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm(cls, v: str) -> str:
+        if v not in ALGORITHMS:
+            raise ValueError(f"algorithm {v!r} is not one of: {', '.join(ALGORITHMS.names())}")
+        return v
+
+
+def _steer(lambda_min: float) -> ArmSpec:
+    return ArmSpec(name=f"steer_{lambda_min}", algorithm="steer", overrides={"algorithm.steer_lambda_min": lambda_min})
+
+
+DEFAULT_ARMS: list[ArmSpec] = [
+    ArmSpec(name="grpo", algorithm="grpo"),
+    ArmSpec(name="clip_higher", algorithm="clip_higher"),
+    ArmSpec(name="entropy_bonus", algorithm="entropy_bonus"),
+    ArmSpec(name="clip_cov", algorithm="clip_cov"),
+    ArmSpec(name="kl_cov", algorithm="kl_cov"),
+    *(_steer(lam) for lam in (0.6, 0.7, 0.8)),
+]
+"""The paper's comparison: the baselines and STEER at lambda_min 0.6 / 0.7 (the paper's) / 0.8 (released script)."""
+
+LAMBDA_MIN_ARMS: list[ArmSpec] = [ArmSpec(name="clip_higher", algorithm="clip_higher")] + DEFAULT_ARMS[-3:]
+"""The lambda_min sweep: STEER at 0.6, 0.7, 0.8 against clip-higher (STEER with lambda_min = 1 is exactly it)."""
+
+
+def select_arms(names: list[str]) -> list[ArmSpec]:
+    """Arms by name: a default arm (``steer_0.6``) or any algorithm preset (``fork_tokens``, as is)."""
+    by_name = {a.name: a for a in DEFAULT_ARMS}
+    out = []
+    for n in names:
+        if n in by_name:
+            out.append(by_name[n])
+        elif n in ALGORITHMS:
+            out.append(ArmSpec(name=n, algorithm=n))
+        else:
+            valid = sorted(set(by_name) | set(ALGORITHMS.names()))
+            raise ConfigError(f"unknown arm {n!r}: use one of {', '.join(valid)}")
+    return out
+
+
+def nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}`` (nested values merge as they are)."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        _set_dotted(out, key, value)
+    return out
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of the ablation."""
+
+    arm: str
+    seed: int
+    config: RunConfig
+
+
+class AblationConfig(BaseModel):
+    """Arms x seeds on one preset; every run is validated before anything starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field("tiny", description="Base preset (steer/presets/*.yaml) or a path to a .yaml file.")
+    arms: list[ArmSpec] = Field(
+        default_factory=lambda: list(DEFAULT_ARMS),
+        description="The arms; default: GRPO, clip-higher, entropy bonus, Clip-Cov, KL-Cov, STEER at lambda_min "
+        "0.6/0.7/0.8.",
+    )
+    seeds: list[int] = Field(
+        [0, 1, 2], min_length=1, description="Run seeds; three give a usable 95% t-interval (two give a wide one)."
+    )
+    steps: int | None = Field(None, gt=0, description="RL steps per run; None keeps the preset's.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Dotted run settings for every arm, e.g. {'optim.lr': 1e-4}; arm overrides win.",
+    )
+    output_root: str = Field(
+        "runs/ablation",
+        description="Root folder: <root>/<arm>/seed-<seed> per run, the report in <root>/report and, without "
+        "MLFLOW_TRACKING_URI, the MLflow store <root>/mlflow.db. {date} and {time} are replaced by the UTC start "
+        "(YYYY-MM-DD, HHMMSS), so a scheduled sweep writes a new folder each night; rerunning a folder resumes it.",
+    )
+    experiment: str = Field("steer-ablation", description="MLflow experiment of the parent and child runs.")
+    concurrency: int = Field(
+        1, ge=1, description="Runs trained at once (threads). 1 on a small machine; more when cores or GPUs allow."
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds {v} repeat a seed: list each once")
+        return v
+
+    @model_validator(mode="after")
+    def _check_arms(self) -> AblationConfig:
+        if not self.arms:
+            raise ValueError("arms is empty: give at least one arm (e.g. the defaults)")
+        names = [a.name for a in self.arms]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"arm names repeat: {', '.join(repeated)}; give each arm its own name")
+        return self
+
+    def resolved_root(self, now: datetime | None = None) -> Path:
+        """``output_root`` with {date} and {time} filled in from ``now`` (UTC)."""
+        now = now or datetime.now(UTC)
+        return Path(self.output_root.format(date=now.strftime("%Y-%m-%d"), time=now.strftime("%H%M%S")))
+
+    def run_config(self, arm: ArmSpec, seed: int, root: Path) -> RunConfig:
+        """The run of ``arm`` with ``seed``: preset < ablation overrides < arm overrides < (algorithm, seed, ...)."""
+        over = _merge(nest(self.overrides), nest(arm.overrides))
+        fixed: dict[str, Any] = {"seed": seed, "output_dir": str(root / arm.name / f"seed-{seed}")}
+        fixed["experiment"] = self.experiment
+        if self.steps is not None:
+            fixed["steps"] = self.steps
+        over = _merge(over, {**fixed, "algorithm": {"name": arm.algorithm}})
+        try:
+            return load_config(self.preset, over)
+        except ConfigError as e:
+            raise ConfigError(f"arm {arm.name!r}, seed {seed}: {e}") from None
+
+    def jobs(self, root: Path | None = None) -> list[Job]:
+        """Every (arm, seed) run, arm-major; raises ``ConfigError`` naming the arm whose settings are invalid."""
+        root = root if root is not None else self.resolved_root()
+        return [Job(a.name, s, self.run_config(a, s, root)) for a in self.arms for s in self.seeds]
