@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("steer.commands.train", "train a policy with STEER or a baseline (Prefect flow, MLflow tracking)"),
     "eval": ("steer.commands.eval", "evaluate a model on benchmarks"),
     "score": ("steer.commands.score", "score given completions against a benchmark, no model needed"),
+    "ablate": ("steer.commands.ablate", "train arms x seeds, one parent MLflow run, and compare them (plots, table)"),
+    "report": ("steer.commands.ablation_report", "re-render an ablation's report from MLflow by its parent run id"),
 }
 
 
