@@ -102,15 +102,16 @@ def train(config: RunConfig) -> dict:
                 "timing/rollout": t1 - t0, "timing/score": t2 - t1, "timing/update": t3 - t2,
                 "timing/persist": t4 - t3,
             }  # fmt: skip
-            done = step + 1
-            if _due(done, config.eval.every, config.steps):
-                evaluate(done)
-            if _due(done, config.checkpoint_every, config.steps):
-                rt.extra = {"evals": evals}
-                checkpoint(rt, done, tracker, log_artifact=done == config.steps)
             metrics["timing/step"] = time.perf_counter() - t0
             log_metrics(tracker, metrics, step)
             history.append(metrics)
+            done = step + 1
+            if _due(done, config.eval.every, config.steps):
+                evaluate(done)
+            # the checkpoint comes last: everything of the steps before it is persisted when it appears
+            if _due(done, config.checkpoint_every, config.steps):
+                rt.extra = {"evals": evals}
+                checkpoint(rt, done, tracker, log_artifact=done == config.steps)
             progress.update(
                 bar, advance=1,
                 description=f"reward {metrics['reward/mean']:+.3f}  acc {metrics['reward/accuracy']:.3f}  "
