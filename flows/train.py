@@ -14,7 +14,7 @@ from prefect import flow
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from steer.config import RunConfig
-from steer.diagnostics import rollout_metrics
+from steer.diagnostics import logp_mismatch, rollout_metrics
 from steer.rollout_store import remove_steps_after
 from steer.runtime import DataOrder, derive_seed, open_runtime
 from steer.verifiers import VERIFIERS
@@ -98,6 +98,7 @@ def train(config: RunConfig) -> dict:
                 **rollout_metrics(scores["rewards"], scores["correct"], rollout.group_index, rollout.response_mask,
                                   rollout.truncated),
                 **result.metrics,
+                **logp_mismatch(rollout.sampling_logp, batch.old_logp, batch.response_mask),
                 "rollout/entropy": float((batch.old_entropy * batch.response_mask).sum() / batch.response_mask.sum()),
                 "timing/rollout": t1 - t0, "timing/score": t2 - t1, "timing/update": t3 - t2,
                 "timing/persist": t4 - t3,

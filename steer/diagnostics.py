@@ -32,3 +32,13 @@ def rollout_metrics(
         "rollout/truncated_frac": float(truncated.float().mean()),
         "rollout/num_tokens": float(lengths.sum()),
     }
+
+
+@torch.no_grad()
+def logp_mismatch(sampling_logp: Tensor | None, trainer_logp: Tensor, mask: Tensor) -> dict[str, float]:
+    """Train/inference mismatch: token mean of |log p_sampler - log p_trainer| for the same tokens, (N, T) each.
+    Near 0 for the hf backend (same model and kernels); vLLM's kernels and precision make it larger."""
+    if sampling_logp is None:
+        return {}
+    diff = (sampling_logp.to(trainer_logp.device) - trainer_logp).abs() * mask
+    return {"rollout/logp_mismatch": float(diff.sum() / mask.sum().clamp(min=1))}
