@@ -116,3 +116,4 @@ def make_rollout_engine(name: str, **kwargs: Any) -> RolloutEngine:
 
 
 register_lazy("hf", "steer.rollout.hf:HFRolloutEngine")
+register_lazy("vllm", "steer.rollout.vllm_client:VLLMRolloutEngine")
