@@ -176,7 +176,8 @@ def policy_update(
     n, t = batch.response_mask.shape
     sums: dict[str, Tensor | float] = defaultdict(float)  # tensors until the end: no device sync per micro-batch
     n_micro = 0
-    omega_all, weights_all, adv_all = (torch.zeros(n, t) for _ in range(3))
+    device = batch.response_mask.device
+    omega_all, weights_all, adv_all = (torch.zeros(n, t, device=device) for _ in range(3))
     seen = torch.zeros(n, dtype=torch.bool)
     running_max: Tensor | None = None
     rollout_max = None

@@ -47,9 +47,9 @@ def write_rollouts(
         correct=scores["correct"],
         old_logp=batch.old_logp.cpu(),
         entropy=batch.old_entropy.cpu(),
-        advantage=result.token_advantages,
-        omega=result.omega,
-        steer_weight=result.weights,
+        advantage=result.token_advantages.cpu(),
+        omega=result.omega.cpu(),
+        steer_weight=result.weights.cpu(),
     )
     return str(write_step(Path(output_dir) / "rollouts", step, table))
 
