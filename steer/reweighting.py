@@ -112,6 +112,7 @@ def update_running_max(previous: Tensor | float | None, current: Tensor, *, deca
 
 def _normaliser(omega: Tensor, mask: Tensor, max_abs: Tensor | float | None, floor: float) -> Tensor:
     m = omega_abs_max(omega, mask) if max_abs is None else torch.as_tensor(max_abs, dtype=omega.dtype)
+    m = m.to(omega.device)
     return torch.clamp(m, min=floor)
 
 
@@ -143,10 +144,11 @@ def steer_weights(
     if not 0.0 < lambda_min <= 1.0:
         raise ValueError(f"lambda_min must be in (0, 1], got {lambda_min}")
     m = _normaliser(omega, mask, max_abs, floor)
-    if m <= 0:
-        return torch.ones_like(omega)
-    w = torch.exp(math.log(lambda_min) * omega.abs() / m).clamp(lambda_min, 1.0)  # (N, T)
-    w = torch.where(omega.abs() >= m, torch.full_like(w, lambda_min), w)  # exact at the maximum, despite rounding
+    # tensor ops only (no .item(), no Python branch on M): no device sync in the training loop
+    scaled = omega.abs() / m.clamp(min=torch.finfo(omega.dtype).tiny)  # (N, T); 0 everywhere when M = 0
+    w = torch.exp(math.log(lambda_min) * scaled).clamp(lambda_min, 1.0)  # (N, T)
+    at_max = (omega.abs() >= m) & (m > 0)
+    w = torch.where(at_max, torch.full_like(w, lambda_min), w)  # exact at the maximum, despite rounding
     return torch.where(mask.bool(), w, torch.ones_like(w))
 
 
@@ -169,7 +171,7 @@ def steer_weights_linear(
     if not 0.0 <= low <= high:
         raise ValueError(f"need 0 <= low <= high, got low={low}, high={high}")
     m = _normaliser(omega, mask, max_abs, floor)
-    scaled = (omega.abs() / m).clamp(max=1.0) if m > 0 else torch.zeros_like(omega)
+    scaled = (omega.abs() / m.clamp(min=torch.finfo(omega.dtype).tiny)).clamp(max=1.0)  # (N, T); 0 when M = 0
     w = high - (high - low) * scaled  # (N, T)
     return torch.where(mask.bool(), w, torch.ones_like(w))
 
@@ -236,17 +238,20 @@ def quadrant_stats(omega: Tensor, logp: Tensor, entropy: Tensor, advantages: Ten
 
 @torch.no_grad()
 def weight_stats(omega: Tensor, weights: Tensor, mask: Tensor) -> dict[str, Tensor]:
-    """Summary metrics of Omega and the weights over valid tokens (names documented in docs/algorithms.md)."""
+    """Summary metrics of Omega and the weights over valid tokens (names documented in docs/algorithms.md).
+    Masked reductions only, so no device sync; with no valid token the means are 0."""
     valid = mask.bool()
-    if not valid.any():
-        return {}
-    o, w = omega[valid], weights[valid]  # (n_valid,)
+    n = valid.sum().clamp(min=1)
+    zero = torch.zeros_like(omega)
+    o_abs = torch.where(valid, omega.abs(), zero)
+    w_valid = torch.where(valid, weights, zero)
+    w_mean = w_valid.sum() / n
     return {
-        "steer/omega_abs_max": o.abs().max(),
-        "steer/omega_abs_mean": o.abs().mean(),
-        "steer/omega_mean": o.mean(),
-        "steer/omega_pos_frac": (o > 0).float().mean(),
-        "steer/weight_mean": w.mean(),
-        "steer/weight_min": w.min(),
-        "steer/weight_std": w.std(unbiased=False),
+        "steer/omega_abs_max": o_abs.max(),
+        "steer/omega_abs_mean": o_abs.sum() / n,
+        "steer/omega_mean": torch.where(valid, omega, zero).sum() / n,
+        "steer/omega_pos_frac": ((omega > 0) & valid).sum() / n,
+        "steer/weight_mean": w_mean,
+        "steer/weight_min": torch.where(valid, weights, torch.full_like(weights, float("inf"))).min(),
+        "steer/weight_std": (torch.where(valid, (weights - w_mean) ** 2, zero).sum() / n).sqrt(),
     }

@@ -223,7 +223,7 @@ def policy_update(
                 adv_all[rows[first]] = _expand(per_token["advantages"], t)[first].float()
                 seen[rows] = True
                 valid = micro.response_mask.bool()
-                metrics["actor/entropy"] = entropy.detach()[valid].mean() if valid.any() else entropy.new_zeros(())
+                metrics["actor/entropy"] = (entropy.detach() * valid).sum() / valid.sum().clamp(min=1)
                 for k, v in metrics.items():
                     sums[k] += v.detach() if isinstance(v, Tensor) else v
                 n_micro += 1
