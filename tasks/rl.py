@@ -80,3 +80,10 @@ def update_policy(
         autocast_dtype=rt.autocast_dtype,
     )
     return result, batch
+
+
+@task(name="sync-weights", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def sync_weights(engine: RolloutEngine, model: Any) -> None:
+    """Push the trained weights to the rollout engine (vLLM: a safetensors write and a reload in the worker).
+    Idempotent, so it retries."""
+    engine.update_weights(model)
