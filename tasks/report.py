@@ -84,7 +84,8 @@ def load_weight_histograms(client: MlflowClient, runs: list[Run]) -> pd.DataFram
             hist = pd.read_csv(path)
             frames.append(hist.assign(arm=run.data.tags.get(ARM_TAG, run.info.run_name),
                                       seed=int(run.data.tags.get(SEED_TAG, 0))))  # fmt: skip
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    columns = ["arm", "seed", "bin_left", "bin_right", "count"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
 def rebuild_report(client: MlflowClient, parent_run_id: str, out_dir: str | os.PathLike) -> Report:
@@ -111,7 +112,8 @@ def artifact_url(client: MlflowClient, run_id: str, path: str) -> str:
     uri = client.tracking_uri if client.tracking_uri.startswith("http") else os.environ.get(MLFLOW_UI_ENV, "")
     if uri:
         return f"{uri.rstrip('/')}/get-artifact?path={quote(path)}&run_uuid={run_id}"
-    return f"{with_retries(lambda: client.get_run(run_id)).info.artifact_uri.rstrip('/')}/{path}"
+    base = with_retries(lambda: client.get_run(run_id)).info.artifact_uri.rstrip("/")
+    return f"{base if ':' in base else Path(base).resolve().as_uri()}/{path}"
 
 
 def publish_report(client: MlflowClient, parent_run_id: str, report: Report) -> dict[str, str]:

@@ -2,7 +2,9 @@
 
 - Store: ``tracking_uri`` if given, else the ``MLFLOW_TRACKING_URI`` environment variable, else a SQLite store
   ``sqlite:///<output_dir>/mlflow.db`` with artifacts under ``<output_dir>/mlartifacts`` (view it with
-  ``mlflow ui --backend-store-uri sqlite:///<output_dir>/mlflow.db``).
+  ``mlflow ui --backend-store-uri sqlite:///<output_dir>/mlflow.db``). An experiment this tracker creates in any
+  SQLite store keeps its artifacts in ``mlartifacts`` beside the database file (MLflow's own default would be
+  ``./mlruns`` under the current directory).
 - Nesting: ``parent_run_id`` makes the new run a child of another run of the same store (MLflow's
   ``mlflow.parentRunId`` tag, which its UI nests on); ``tags`` are set on the new run (an ablation tags arm and seed).
 - Resume: the run id is written to ``<output_dir>/mlflow_run_id``; a tracker opened on the same folder reopens that
@@ -87,6 +89,14 @@ def with_retries(fn: Callable[[], T], *, attempts: int = 4, base_delay: float = 
     return fn()
 
 
+def sqlite_artifact_location(tracking_uri: str) -> str | None:
+    """``file://<folder of the database>/mlartifacts`` for a ``sqlite:///`` store, None (the server's or MLflow's
+    default) otherwise."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+
+
 class MlflowTracker:
     """The ``steer.tracking.Tracker`` for MLflow: one run per output folder, reopened on resume."""
 
@@ -126,8 +136,7 @@ class MlflowTracker:
             run = self._open_existing()
             self.experiment_id = run.info.experiment_id
         else:
-            artifacts = (self.output_dir / "mlartifacts").as_uri() if self.tracking_uri == default_uri else None
-            self.experiment_id = self._experiment_id(experiment, artifacts)
+            self.experiment_id = self._experiment_id(experiment, sqlite_artifact_location(self.tracking_uri))
             tags = {**{k: str(v) for k, v in (tags or {}).items()}, "steer.output_dir": str(self.output_dir)}
             if parent_run_id:
                 tags["mlflow.parentRunId"] = parent_run_id

@@ -157,3 +157,14 @@ def test_report_round_trip_through_mlflow(ablation_store, tmp_path):
     assert client.list_artifacts(children[0].info.run_id, str(Path(WEIGHT_HIST_ARTIFACT).parent))
     with pytest.raises(LookupError, match="no child runs"):
         child_runs(client, children[0].info.run_id)
+
+
+def test_a_tracker_on_a_shared_sqlite_store_keeps_artifacts_beside_it(ablation_store, tmp_path, monkeypatch):
+    uri, parent = ablation_store
+    monkeypatch.chdir(tmp_path)  # MLflow's own default would be ./mlruns here
+    tracker = MlflowTracker(tmp_path / "elsewhere", experiment="other", tracking_uri=uri, parent_run_id=parent)
+    store_dir = Path(uri.removeprefix("sqlite:///")).parent
+    location = tracker.client.get_experiment(tracker.experiment_id).artifact_location
+    assert location == (store_dir / "mlartifacts").as_uri() and not (tmp_path / "mlruns").exists()
+    assert tracker.client.get_run(tracker.run_id).data.tags["mlflow.parentRunId"] == parent
+    tracker.close()

@@ -117,7 +117,7 @@ def plot_weight_histogram(weights: pd.DataFrame, path: Path, arms: list[str]) ->
     ax = fig.subplots()
     colors = arm_colors(arms)
     drawn, lowest = False, 1.0
-    for arm in arms:
+    for arm in arms if not weights.empty else []:
         sub = weights[weights.arm == arm]
         if sub.empty:
             continue

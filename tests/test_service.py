@@ -1,0 +1,216 @@
+"""Services for real, on loopback: an MLflow server read over HTTP; and scripts/service.sh (a Prefect server, a
+process worker, an MLflow UI) with deployments/prefect.yaml deployed and a training run triggered through the Prefect
+client. Every process is started on a free port with its own state in a temporary folder and stopped afterwards
+(process groups, SIGKILL as a last resort)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from test_report import PNG_MAGIC, make_ablation_store, synthetic_metrics
+from test_train_flow import SMALL
+
+from steer.config import RunConfig, load_config
+from steer.rollout_store import finished_steps
+from tasks.report import publish_report, rebuild_report
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+SCRIPT = ROOT / "scripts" / "service.sh"
+DEPLOYMENTS = ROOT / "deployments" / "prefect.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before answering at {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"nothing answered at {url} within {timeout} s")
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's parent may not reap it at once)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+# ------------------------------------------------------------------------------------------------ MLflow over HTTP
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on a free loopback port over a store holding a (synthetic-metric) ablation."""
+    root = tmp_path_factory.mktemp("mlflow-http")
+    uri, parent = make_ablation_store(root / "store", synthetic_metrics())
+    port = free_port()
+    cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--artifacts-destination", str(root / "served")]  # fmt: skip
+    log = open(root / "mlflow.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, timeout=120)
+        yield f"http://127.0.0.1:{port}", parent
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            kill_group(proc.pid)
+            proc.wait()
+        log.close()
+
+
+def test_mlflow_server_serves_runs_metrics_and_report_over_http(mlflow_server, tmp_path, capsys):
+    url, parent = mlflow_server
+    client = MlflowClient(tracking_uri=url)
+    run = client.get_run(parent)
+    assert run.data.tags["steer.arms"] == "grpo,steer_0.7"
+    report = rebuild_report(client, parent, tmp_path / "report")  # children and metric histories over HTTP
+    assert report.table.arm.tolist() == ["grpo", "steer_0.7"] and report.table.seeds.tolist() == [2, 2]
+    child = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")[0]
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "rollout/entropy")] == [0, 1, 2, 3]
+
+    urls = publish_report(client, parent, report)  # an http tracking URI: links go through the server
+    assert urls["entropy"].startswith(f"{url}/get-artifact?path=report/entropy.png&run_uuid={parent}")
+    with urllib.request.urlopen(urls["entropy"], timeout=30) as response:
+        assert response.read().startswith(PNG_MAGIC)
+
+    from steer.cli import main
+
+    assert main(["report", parent, "--tracking-uri", url, "--output-dir", str(tmp_path / "cli")]) == 0
+    out = capsys.readouterr().out
+    assert "grpo" in out and "steer_0.7" in out and (tmp_path / "cli" / "accuracy.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------------------------------- deployments
+def test_deployments_yaml_is_typed_and_the_train_form_starts_from_the_tiny_preset():
+    spec = yaml.safe_load(DEPLOYMENTS.read_text())
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    assert set(by_name) == {"train", "evaluate", "ablation", "lambda-min-nightly"}
+    assert {d["entrypoint"] for d in by_name.values()} == {
+        "flows/train.py:train", "flows/evaluate.py:evaluate", "flows/ablate.py:ablate"}  # fmt: skip
+    train = RunConfig(**by_name["train"]["parameters"]["config"])
+    assert train == load_config("tiny", {"output_dir": "runs/ui-train"})
+    nightly = by_name["lambda-min-nightly"]
+    assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": False}]
+    from steer.ablation import AblationConfig
+
+    lams = [
+        a.overrides.get("algorithm.steer_lambda_min") for a in AblationConfig(**nightly["parameters"]["config"]).arms
+    ]
+    assert lams == [None, 0.6, 0.7, 0.8]
+    step = spec["pull"][0]["prefect.deployments.steps.set_working_directory"]
+    assert step == {"directory": "{{ $STEER_ROOT }}"}
+
+
+def test_the_run_parameters_in_docs_service_md_are_valid():
+    from steer.ablation import AblationConfig
+
+    text = (ROOT / "docs" / "service.md").read_text()
+    params = [json.loads(p) for p in re.findall(r"--params '(\{.*?\})'", text)]
+    assert len(params) == 2
+    RunConfig(**params[0]["config"])
+    assert [j.arm for j in AblationConfig(**params[1]["config"]).jobs(Path("x"))] == ["grpo", "grpo", "steer_0.7",
+                                                                                  "steer_0.7"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """scripts/service.sh start (server, worker, MLflow UI) on free ports with state in a temporary folder; stop."""
+    d = tmp_path_factory.mktemp("service")
+    env = {
+        **os.environ,
+        "STEER_SERVICE_DIR": str(d / "svc"),
+        "PREFECT_HOME": str(d / "prefect-home"),
+        "PREFECT_PORT": str(free_port()),
+        "MLFLOW_PORT": str(free_port()),
+        "STEER_MLFLOW_STORE": f"sqlite:///{d / 'mlflow.db'}",
+        "STEER_MLFLOW_ARTIFACTS": str(d / "served"),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "VENV": str(VENV_BIN.parent),
+    }
+    env.pop("PREFECT_API_URL", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        subprocess.run([str(SCRIPT), "start"], env=env, check=True, timeout=300, capture_output=True)
+        yield env, d
+    finally:
+        subprocess.run([str(SCRIPT), "stop"], env=env, timeout=120, capture_output=True)
+        for pidfile in (d / "svc").glob("*.pid"):  # stop failed: end the groups by their recorded ids
+            kill_group(int(pidfile.read_text()))
+
+
+@pytest.mark.slow
+def test_deploy_and_run_training_through_a_server_and_process_worker(service):
+    env, d = service
+    status = subprocess.run([str(SCRIPT), "status"], env=env, capture_output=True, text=True, timeout=30).stdout
+    assert [line.split(":")[1].split(",")[0].strip() for line in status.splitlines()] == ["running"] * 3, status
+    deploy = subprocess.run([str(SCRIPT), "deploy"], env=env, capture_output=True, text=True, timeout=300)
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    out = d / "deployed-run"
+    config = load_config("tiny", {**SMALL, "steps": 2, "output_dir": str(out)}).model_dump(mode="json")
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{env['PREFECT_PORT']}/api"}):
+        flow_run = run_deployment("steer-train/train", parameters={"config": config}, timeout=400, poll_interval=2)
+        with get_client(sync_client=True) as client:
+            nightly = client.read_deployment_by_name("steer-ablate/lambda-min-nightly")
+            names = {dep.name for dep in client.read_deployments()}
+    assert flow_run.state.is_completed(), (flow_run.state, (d / "svc" / "worker.log").read_text()[-4000:])
+    assert names == {"train", "evaluate", "ablation", "lambda-min-nightly"}
+    assert [s.active for s in nightly.schedules] == [False] and nightly.schedules[0].schedule.cron == "0 2 * * *"
+    assert nightly.parameter_openapi_schema["properties"]["config"]  # a typed form
+    assert finished_steps(out / "rollouts") == [0, 1]
+
+    # the worker logged to the service's store, and the MLflow UI started by the script serves it over HTTP
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['MLFLOW_PORT']}")
+    run = client.get_run((out / "mlflow_run_id").read_text().strip())
+    assert run.info.status == "FINISHED" and run.data.params["steps"] == "2"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")) == [0, 2]
+
+
+@pytest.mark.slow
+def test_stop_ends_every_process_it_started(service):
+    env, d = service
+    pids = [int(p.read_text()) for p in (d / "svc").glob("*.pid")]
+    assert len(pids) == 3
+    subprocess.run([str(SCRIPT), "stop"], env=env, check=True, timeout=120, capture_output=True)
+    assert not [pid for pid in pids if alive(pid)]
+    assert not list((d / "svc").glob("*.pid"))
+    for port in (env["PREFECT_PORT"], env["MLFLOW_PORT"]):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", int(port))) != 0
