@@ -4,7 +4,7 @@ The parent run (tag ``steer.arms``: the arm names in order) has one child per ar
 ``mlflow.parentRunId``, ``steer.arm``, ``steer.seed``). Everything the report needs is in MLflow, so it can be
 rebuilt from a run id alone (``steer report RUN_ID``), over HTTP too:
 
-- metric histories of ``REPORT_KEYS`` of each child;
+- metric histories of ``REPORT_KEYS`` of each child (failed or killed children are left out);
 - each child's STEER weight histogram, the artifact ``WEIGHT_HIST_ARTIFACT`` (logged by the ablation flow from the
   child's Parquet rollouts, ``log_weight_histogram``).
 
@@ -43,13 +43,16 @@ MLFLOW_UI_ENV = "STEER_MLFLOW_UI_URL"
 """Base URL of an MLflow UI on the same store (scripts/service.sh sets it): Prefect image artifacts point there."""
 
 
-def child_runs(client: MlflowClient, parent_run_id: str) -> list[Run]:
-    """The parent's children, sorted by (seed tag, start time); raises ``LookupError`` when there are none."""
+def child_runs(client: MlflowClient, parent_run_id: str, include_failed: bool = False) -> list[Run]:
+    """The parent's children, sorted by (seed tag, start time); FAILED and KILLED ones only with ``include_failed``
+    (a run that broke off would bias the comparison). Raises ``LookupError`` when the parent has no children."""
     parent = with_retries(lambda: client.get_run(parent_run_id))
     query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
     runs = with_retries(lambda: client.search_runs([parent.info.experiment_id], query, max_results=10_000))
     if not runs:
         raise LookupError(f"MLflow run {parent_run_id} has no child runs: give the id of an ablation's parent run")
+    if not include_failed:
+        runs = [r for r in runs if r.info.status not in ("FAILED", "KILLED")]
     return sorted(runs, key=lambda r: (int(r.data.tags.get(SEED_TAG, 0)), r.info.start_time))
 
 

@@ -1,5 +1,6 @@
 """``steer ablate`` for real on the embedded default (2 arms x 2 seeds x 2 steps): the parent and child MLflow runs,
-the report files, the Prefect artifact, ``steer report`` re-rendering it from MLflow, and docs/queries.md run on it."""
+the report files, the Prefect artifact, ``steer report`` re-rendering it from MLflow, and docs/queries.md run on it;
+a rerun resumes, a failing arm fails the flow but not the other arms."""
 
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ def small_flags() -> list[str]:
 
 
 def ablate_argv(root: Path) -> list[str]:
+    """Two runs at a time: the subflows share the process, the MLflow store and the cores."""
     return ["ablate", "--arms", ",".join(ARMS), "--seeds", "0,1", "--steps", "2", "--output-dir", str(root),
-            *small_flags()]  # fmt: skip
+            "--concurrency", "2", *small_flags()]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +138,39 @@ def test_rerun_resumes_without_new_runs(ablation):
     assert (root / "mlflow_run_id").read_text().strip() == parent_id
     experiment = client.get_run(parent_id).info.experiment_id
     assert len(client.search_runs([experiment])) == 5
+
+
+class BrokenScorer:
+    """A verifier that always fails, as a broken environment would: the arm using it fails at its first scoring."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def score(self, responses, answers):
+        raise ValueError("injected: this verifier always fails")
+
+
+@pytest.mark.slow
+def test_a_failing_arm_fails_the_flow_but_not_the_other_arms(prefect_harness, tmp_path):
+    from flows.ablate import ablate
+    from steer.ablation import AblationConfig, ArmSpec
+    from steer.verifiers import VERIFIERS
+
+    if "broken_math" not in VERIFIERS:
+        VERIFIERS.register("broken_math")(BrokenScorer)
+    arms = [ArmSpec(name="grpo", algorithm="grpo"),
+            ArmSpec(name="broken", algorithm="grpo", overrides={"verifier": "broken_math"})]  # fmt: skip
+    small = {k: v for k, v in SMALL.items() if k != "steps"}
+    config = AblationConfig(arms=arms, seeds=[0], steps=1, overrides=small, output_root=str(tmp_path))
+    with pytest.raises(RuntimeError, match="1 of 2 runs failed: broken/seed-0"):
+        ablate(config)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.get_run((tmp_path / "mlflow_run_id").read_text().strip())
+    assert parent.info.status == "FAILED"
+    status = {arm: client.get_run((tmp_path / arm / "seed-0" / "mlflow_run_id").read_text().strip()).info.status
+              for arm in ("grpo", "broken")}  # fmt: skip
+    assert status == {"grpo": "FINISHED", "broken": "FAILED"}
+    assert pd.read_csv(tmp_path / "report" / "summary.csv").arm.tolist() == ["grpo"]  # failed runs are left out
