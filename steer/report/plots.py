@@ -175,7 +175,7 @@ def plot_omega_vs_entropy(metrics: pd.DataFrame, path: Path, arms: list[str]) ->
         title="Predicted vs realized entropy change per step",
     )
     ax.grid(alpha=0.3)
-    return _finish(fig, ax, path, "arm (Pearson r)")
+    return _finish(fig, ax, path, "arm (Pearson r, from 3 points)")
 
 
 def render_report(
