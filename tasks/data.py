@@ -33,7 +33,9 @@ def prepare_data(cfg: DataConfig, output_dir: str) -> dict[str, str]:
         if cfg.source == "embedded":
             task_spec = ArithmeticTask()
             train = train_problems(task_spec, cfg.train_size)
-            heldout = heldout_problems(task_spec, cfg.heldout_size, exclude=train)
+            # unseen_heldout: only prompts that never occur in training (the task has ~5.6k distinct problems and
+            # the warm-start saw most); otherwise a fresh draw from the task distribution, disjoint in instances
+            heldout = heldout_problems(task_spec, cfg.heldout_size, exclude=train if cfg.unseen_heldout else None)
         else:
             keys = dict(prompt_key=cfg.prompt_key, answer_key=cfg.answer_key, id_key=cfg.id_key)
             columns = ColumnMap(**{k: v for k, v in keys.items() if v is not None}) if any(keys.values()) else None
