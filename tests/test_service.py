@@ -157,6 +157,7 @@ def service(tmp_path_factory):
         "STEER_MLFLOW_STORE": f"sqlite:///{d / 'mlflow.db'}",
         "STEER_MLFLOW_ARTIFACTS": str(d / "served"),
         "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "STEER_STOP_TIMEOUT": "5",
         "PREFECT_LOGGING_LEVEL": "INFO",
         "VENV": str(VENV_BIN.parent),
     }
