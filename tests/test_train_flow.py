@@ -138,3 +138,15 @@ def test_resume_after_a_kill_matches_an_unbroken_run(finished_run, tmp_path):
     assert a.num_rows == b.num_rows == 48 and a.equals(b)  # nothing lost or duplicated, same samples
     for key in ("reward/mean", "actor/pg_loss", "eval/accuracy"):
         assert metric_history(run, key) == metric_history(out, key), key
+
+
+@pytest.mark.slow
+def test_smollm2_preset_trains_on_cpu(prefect_harness, tmp_path):
+    """The real-model path: SmolLM2-135M-Instruct from its packaged GGUF, one step with a small batch."""
+    out = tmp_path / "smol"
+    cfg = load_config("smollm2", {"steps": 1, "output_dir": str(out), "data": {"heldout_size": 4},
+                                  "rollout": {"max_new_tokens": 32}, "eval": {"max_new_tokens": 32}})  # fmt: skip
+    summary = train(cfg)
+    assert read_rollouts(out / "rollouts").num_rows == 16
+    assert summary["heldout_accuracy_before"] is not None
+    assert AutoModelForCausalLM.from_pretrained(latest_checkpoint(out / "checkpoints")).config.model_type == "llama"
