@@ -26,7 +26,6 @@ PREFECT_PORT="${PREFECT_PORT:-4200}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 POOL="${STEER_WORK_POOL:-steer-local}"
 STOP_TIMEOUT="${STEER_STOP_TIMEOUT:-10}"  # seconds between SIGTERM and SIGKILL
-mkdir -p "$ROOT/runs"
 cd "$ROOT"  # relative paths (runs/...) mean the checkout's, wherever the script is called from
 STORE="${STEER_MLFLOW_STORE:-sqlite:///$ROOT/runs/mlflow.db}"
 ARTIFACTS="${STEER_MLFLOW_ARTIFACTS:-$ROOT/runs/mlartifacts}"  # for runs logged through the MLflow server
@@ -140,11 +139,11 @@ components() {  # the named components, or all of them
   if (($# == 0)); then echo "${ALL[@]}"; else echo "$@"; fi
 }
 
-mkdir -p "$RUN_DIR" "$PREFECT_HOME"
 cmd="${1:-status}"
 shift || true
 case "$cmd" in
   start)
+    mkdir -p "$RUN_DIR" "$PREFECT_HOME" "$ROOT/runs"
     for c in $(components "$@"); do
       case "$c" in
         server) start_server ;; worker) start_worker ;; mlflow) start_mlflow ;;
@@ -159,6 +158,7 @@ case "$cmd" in
     for c in "${order[@]}"; do stop_one "$c"; done
     ;;
   deploy)
+    mkdir -p "$PREFECT_HOME"
     STEER_ROOT="$ROOT" "$VENV/bin/prefect" --no-prompt deploy --prefect-file deployments/prefect.yaml --all
     ;;
   status) status ;;
