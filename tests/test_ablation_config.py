@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from steer.ablation import DEFAULT_ARMS, AblationConfig, ArmSpec, select_arms
-from steer.config import ConfigError
+from steer.config import ConfigError, load_config
 
 
 def test_default_arms_are_the_papers_comparison():
@@ -34,7 +34,7 @@ def test_jobs_layout_and_override_order():
     assert c.optim.lr == 3e-4  # the arm's override wins over the ablation's
     assert c.rollout.max_new_tokens == 9 and c.algorithm.steer_lambda_min == 0.6
     assert c.experiment == "steer-ablation" and c.algorithm.name == "steer"
-    assert c.rollout.prompts_per_step == 16  # the rest is the tiny preset
+    assert c.rollout.prompts_per_step == load_config("tiny").rollout.prompts_per_step  # the rest is the preset
 
 
 def test_select_arms_and_dated_root():

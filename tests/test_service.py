@@ -24,6 +24,7 @@ from test_train_flow import SMALL
 
 from steer.config import RunConfig, load_config
 from steer.rollout_store import finished_steps
+from steer.tracking import flatten_params
 from tasks.report import publish_report, rebuild_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,8 +120,10 @@ def test_deployments_yaml_is_typed_and_the_train_form_starts_from_the_tiny_prese
     assert set(by_name) == {"train", "evaluate", "ablation", "lambda-min-nightly"}
     assert {d["entrypoint"] for d in by_name.values()} == {
         "flows/train.py:train", "flows/evaluate.py:evaluate", "flows/ablate.py:ablate"}  # fmt: skip
-    train = RunConfig(**by_name["train"]["parameters"]["config"])
-    assert train == load_config("tiny", {"output_dir": "runs/ui-train"})
+    form = flatten_params(RunConfig(**by_name["train"]["parameters"]["config"]).model_dump(mode="json"))
+    tiny = flatten_params(load_config("tiny", {"output_dir": "runs/ui-train"}).model_dump(mode="json"))
+    drift = {k: (form.get(k), tiny.get(k)) for k in form.keys() | tiny.keys() if form.get(k) != tiny.get(k)}
+    assert not drift, f"deployments/prefect.yaml's train config departs from steer/presets/tiny.yaml: {drift}"
     nightly = by_name["lambda-min-nightly"]
     assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": False}]
     from steer.ablation import AblationConfig
