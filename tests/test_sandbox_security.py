@@ -155,14 +155,17 @@ def _sentinel(parent: str | None) -> Path:
     return d
 
 
-def _survivors() -> list[str]:
-    """Live processes left by the battery: a sandbox uid, the marker in the command line, or a child of ours.
+def _survivors(ignore: frozenset[str] = frozenset()) -> list[str]:
+    """Live processes left by the battery: a sandbox uid, the marker in the command line, or a child of ours that
+    was not already running before the battery (``ignore``: e.g. the session's Prefect test server).
 
     Checked by hand to see what it should: without namespaces and uid switch (``sandbox._run(..., namespaces=False,
     uid_mode="none")``) the ``detached_popen`` daemon escapes and is listed here.
     """
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
+        if pid in ignore:
+            continue
         try:
             status = Path(f"/proc/{pid}/status").read_text()
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
@@ -183,6 +186,7 @@ def battery():
     parent = next((d for d in ("/var/lib", "/opt", "/srv") if os.access(d, os.W_OK)), None)
     sentinel, tmp_sentinel = _sentinel(parent), _sentinel(None)
     before = {sentinel: _snapshot(sentinel), tmp_sentinel: _snapshot(tmp_sentinel)}
+    already_running = frozenset(filter(str.isdigit, os.listdir("/proc")))
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     port, connections, stop = listener.getsockname()[1], [], threading.Event()
@@ -211,7 +215,7 @@ def battery():
     elapsed = time.monotonic() - start
     time.sleep(0.2)
     after = {d: _snapshot(d) for d in before}
-    survivors = _survivors()
+    survivors = _survivors(ignore=already_running)
     stop.set()
     server.join()
     listener.close()
