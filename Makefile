@@ -12,6 +12,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: venv demo test test-slow test-all lint bench clean vllm-venv test-vllm
+.PHONY: service-start service-stop service-status service-deploy ablate
 
 venv: $(STAMP)
 
@@ -44,6 +45,8 @@ bench: venv
 	$(PY) bench/bench_logprobs.py
 	$(PY) bench/bench_update.py
 	$(PY) bench/bench_estimator_tabular.py
+	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_verifiers.py
 
 # The vLLM rollout worker's own venv (vLLM's pins conflict with Prefect's; see docs/vllm.md). CPU build by default;
 # on a GPU machine: make vllm-venv VLLM_PKG=vllm VLLM_PRUNE=
@@ -65,6 +68,22 @@ $(VLLM_VENV)/.installed:
 
 test-vllm: venv vllm-venv
 	$(PY) -m pytest -q -m slow tests/test_rollout_vllm.py
+
+# Prefect server + process worker + MLflow UI on 127.0.0.1 (docs/service.md); each target stops what it started
+service-start: venv
+	scripts/service.sh start
+
+service-stop:
+	scripts/service.sh stop
+
+service-status:
+	scripts/service.sh status
+
+service-deploy: venv
+	scripts/service.sh deploy
+
+ablate: venv
+	$(VENV)/bin/steer ablate --preset tiny
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
