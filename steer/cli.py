@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # sub-command name -> (module, one-line help)
@@ -30,8 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Quiet, offline-friendly defaults for every command (an explicit environment variable wins): the console shows
+# progress bars and tables; task logs stay in the Prefect API/UI; no telemetry leaves the machine.
+ENV_DEFAULTS = {
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # the embedded server takes 10-30 s on 2 cores
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     return int(importlib.import_module(args._module).run(args) or 0)
 
 
