@@ -131,7 +131,6 @@ def test_docs_queries_run(ablation):
     assert (per_arm[per_arm.arm == "steer_0.7"].mean_weight < 1).all()
 
 
-@pytest.mark.slow
 def test_rerun_resumes_without_new_runs(ablation):
     root, client, parent_id = ablation
     assert main(ablate_argv(root)) == 0
@@ -153,7 +152,6 @@ class BrokenScorer:
         raise ValueError("injected: this verifier always fails")
 
 
-@pytest.mark.slow
 def test_a_failing_arm_fails_the_flow_but_not_the_other_arms(prefect_harness, tmp_path):
     from flows.ablate import ablate
     from steer.ablation import AblationConfig, ArmSpec

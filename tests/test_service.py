@@ -175,7 +175,6 @@ def service(tmp_path_factory):
             kill_group(int(pidfile.read_text()))
 
 
-@pytest.mark.slow
 def test_deploy_and_run_training_through_a_server_and_process_worker(service):
     env, d = service
     status = subprocess.run([str(SCRIPT), "status"], env=env, capture_output=True, text=True, timeout=30).stdout
@@ -207,7 +206,6 @@ def test_deploy_and_run_training_through_a_server_and_process_worker(service):
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")) == [0, 2]
 
 
-@pytest.mark.slow
 def test_stop_ends_every_process_it_started(service):
     env, d = service
     pids = [int(p.read_text()) for p in (d / "svc").glob("*.pid")]
