@@ -75,7 +75,8 @@ def test_worker_that_cannot_start_raises():
 
 
 def test_registry_names():
-    assert VERIFIERS.names() == ["code", "math"]
+    # other tests register fault-injecting verifiers in the same session; the built-in ones must be there
+    assert {"code", "math"} <= set(VERIFIERS.names())
     assert VERIFIERS.get("math") is MathScorer
-    with pytest.raises(KeyError, match="valid names: code, math"):
+    with pytest.raises(KeyError, match=r"valid names: .*code, .*math"):
         VERIFIERS.get("maths")
