@@ -33,6 +33,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from steer.fsutil import fsync_path
+
 FORMAT_VERSION = 1
 """Bump when the folder layout changes; ``load_checkpoint`` refuses other versions."""
 
@@ -85,8 +87,8 @@ def save_checkpoint(
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         for p in tmp.rglob("*"):
             if p.is_file():
-                _fsync(p)
-        _fsync(tmp)
+                fsync_path(p)
+        fsync_path(tmp)
         if final.exists():  # a redone step: move the old one aside first, a folder cannot be renamed over
             old = directory / f".old-{final.name}"
             shutil.rmtree(old, ignore_errors=True)
@@ -98,7 +100,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync(directory)
+    fsync_path(directory)
     if keep_last is not None:
         prune_checkpoints(directory, keep_last)
     return final
@@ -216,15 +218,3 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
         if isinstance(manifest, dict) and {"format_version", "step", "extra", "files"} <= set(manifest)
         else None
     )
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or a folder's entries to disk (a no-op where folders cannot be opened, as on Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

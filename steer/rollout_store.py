@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
+from steer.fsutil import fsync_path
+
 SCHEMA_VERSION = "1"
 """Stored in the Parquet metadata under ``steer.rollouts.version``; bump on an incompatible schema change."""
 
@@ -158,7 +160,7 @@ def write_step(directory: str | os.PathLike, step: int, table: pa.Table) -> Path
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(directory)
+    fsync_path(directory)
     return final
 
 
@@ -192,17 +194,5 @@ def remove_steps_after(directory: str | os.PathLike, step: int) -> list[int]:
     for s in removed:
         step_path(directory, s).unlink()
     if removed:
-        _fsync_dir(Path(directory))
+        fsync_path(Path(directory))
     return removed
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (a no-op where folders cannot be opened, as on Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
