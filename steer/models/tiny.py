@@ -17,8 +17,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 import torch
 
 from steer.data.embedded import ArithmeticTask, Problem, heldout_problems, train_problems
+from steer.fsutil import build_once
 
 FORMAT_VERSION = 1
 """Bump when the build below changes in a way the spec does not capture, so old cache entries are not reused."""
@@ -298,22 +297,8 @@ def ensure_tiny_policy(
     interrupted build never leaves a half folder behind and concurrent builders agree on one result.
     """
     spec = spec or TinyPolicySpec()
-    root = Path(cache_dir)
-    target = root / f"tiny-{spec.key()}"
-    if (target / "warm_start.json").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
-        build_tiny_policy(spec, tmp, num_threads=num_threads)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first: keep its folder
-            if not (target / "warm_start.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    target = Path(cache_dir) / f"tiny-{spec.key()}"
+    return build_once(target, "warm_start.json", lambda tmp: build_tiny_policy(spec, tmp, num_threads=num_threads))
 
 
 def _rg_version() -> str:
