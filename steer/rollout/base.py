@@ -110,6 +110,15 @@ def register_lazy(name: str, target: str) -> None:
     ROLLOUT_BACKENDS.register(name)(factory)
 
 
+def encode_prompts(
+    tokenizer: Any, prompts: list[str], *, n_samples: int, max_new_tokens: int, add_special_tokens: bool = True
+) -> list[list[int]]:
+    """Check a ``generate`` call's arguments and tokenize its B prompts (each engine's first step)."""
+    if not prompts or n_samples < 1 or max_new_tokens < 1:
+        raise ValueError("generate needs at least one prompt, n_samples >= 1 and max_new_tokens >= 1")
+    return [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+
+
 def make_rollout_engine(name: str, **kwargs: Any) -> RolloutEngine:
     """Build the backend registered as ``name``; an unknown name raises a KeyError listing the valid ones."""
     return ROLLOUT_BACKENDS.get(name)(**kwargs)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from steer.rollout.base import RolloutBatch
+from steer.rollout.base import RolloutBatch, encode_prompts
 
 
 def left_pad(prompt_ids: list[list[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
@@ -162,9 +162,10 @@ class HFRolloutEngine:
         seed: int,
     ) -> RolloutBatch:
         """Sample ``n_samples`` responses per prompt; see the module docstring for the sampler's semantics."""
-        if not prompts or n_samples < 1 or max_new_tokens < 1:
-            raise ValueError("generate needs at least one prompt, n_samples >= 1 and max_new_tokens >= 1")
-        prompt_ids = [self.tokenizer(p, add_special_tokens=self.add_special_tokens)["input_ids"] for p in prompts]
+        prompt_ids = encode_prompts(
+            self.tokenizer, prompts, n_samples=n_samples, max_new_tokens=max_new_tokens,
+            add_special_tokens=self.add_special_tokens,
+        )  # fmt: skip
         rows = [ids for ids in prompt_ids for _ in range(n_samples)]  # N = B * G, prompt-major
         device = next(self.model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(int(seed))

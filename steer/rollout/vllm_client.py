@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from steer.rollout.base import RolloutBatch
+from steer.rollout.base import RolloutBatch, encode_prompts
 from steer.rollout.hf import _eos_ids
 from steer.rollout.vllm_worker import recv_message, send_message  # stdlib-only framing helpers
 
@@ -197,9 +197,10 @@ class VLLMRolloutEngine:
         seed: int,
     ) -> RolloutBatch:
         """Sample ``n_samples`` responses per prompt; see the module docstring for the conventions."""
-        if not prompts or n_samples < 1 or max_new_tokens < 1:
-            raise ValueError("generate needs at least one prompt, n_samples >= 1 and max_new_tokens >= 1")
-        prompt_ids = [self.tokenizer(p, add_special_tokens=self.add_special_tokens)["input_ids"] for p in prompts]
+        prompt_ids = encode_prompts(
+            self.tokenizer, prompts, n_samples=n_samples, max_new_tokens=max_new_tokens,
+            add_special_tokens=self.add_special_tokens,
+        )  # fmt: skip
         b, g = len(prompts), n_samples
         reply = self._request(
             {
