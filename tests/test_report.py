@@ -47,6 +47,14 @@ def test_t_interval_by_hand():
     assert all(math.isnan(x) for x in t_interval([]))
 
 
+def test_entropy_ends_are_window_means():
+    """With 20 steps the first and last 2 steps (10%) are averaged: H = 1 - 0.1 step gives ends 0.95 and -0.85."""
+    m = synthetic_metrics(arms=("grpo",), seeds=(0,), steps=20)
+    r = run_summaries(m).iloc[0]
+    assert r.final_entropy == pytest.approx(1 - 0.1 * 18.5)
+    assert r.entropy_drop_pct == pytest.approx(100 * (0.95 - (1 - 0.1 * 18.5)) / 0.95)
+
+
 def test_run_summaries_and_table():
     m = synthetic_metrics()
     runs = run_summaries(m).set_index("run_id")
