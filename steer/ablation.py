@@ -70,6 +70,64 @@ LAMBDA_MIN_ARMS: list[ArmSpec] = [ArmSpec(name="clip_higher", algorithm="clip_hi
 """The lambda_min sweep: STEER at 0.6, 0.7, 0.8 against clip-higher (STEER with lambda_min = 1 is exactly it)."""
 
 
+def _scope(scope: str, lambda_min: float = 0.7) -> ArmSpec:
+    return ArmSpec(
+        name=f"steer_{lambda_min}_{scope}",
+        algorithm="steer",
+        overrides={"algorithm.steer_lambda_min": lambda_min, "algorithm.steer_scope": scope},
+    )
+
+
+@dataclass(frozen=True)
+class Study:
+    """A named ablation of issue 6's studies: its arms, base preset, seeds and default output folder."""
+
+    arms: tuple[ArmSpec, ...]
+    preset: str
+    seeds: tuple[int, ...]
+    output_root: str
+    experiment: str
+    help: str
+
+    def config(self, **changes: Any) -> AblationConfig:
+        """The study as an ``AblationConfig``; ``changes`` replace its fields (seeds, steps, overrides, ...)."""
+        base = dict(preset=self.preset, arms=list(self.arms), seeds=list(self.seeds), output_root=self.output_root,
+                    experiment=self.experiment)  # fmt: skip
+        return AblationConfig(**{**base, **{k: v for k, v in changes.items() if v is not None}})
+
+
+STUDIES: dict[str, Study] = {
+    "collapse": Study(
+        arms=(
+            ArmSpec(name="grpo", algorithm="grpo"),
+            _steer(0.7),
+            ArmSpec(name="clip_cov", algorithm="clip_cov"),
+            ArmSpec(name="entropy_bonus", algorithm="entropy_bonus"),
+        ),
+        preset="study",
+        seeds=(0, 1, 2),
+        output_root="runs/study-collapse",
+        experiment="steer-study-collapse",
+        help="Does STEER prevent entropy collapse at equal or better accuracy? GRPO, STEER (lambda_min 0.7), "
+        "Clip-Cov and the entropy bonus, 3 seeds each, on the study preset.",
+    ),
+    "sensitivity": Study(
+        arms=(
+            *(_steer(lam) for lam in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)),
+            *(_scope(scope) for scope in ("mini", "rollout", "running")),
+        ),
+        preset="study",
+        seeds=(0, 1, 2),
+        output_root="runs/study-sensitivity",
+        experiment="steer-study-sensitivity",
+        help="STEER's sensitivity: lambda_min in 0.5..1.0 (1.0 is clip-higher) at the micro-batch normaliser, and "
+        "the mini-batch, rollout-batch and running-max normalisers at lambda_min 0.7, on the study preset.",
+    ),
+}
+"""Issue 6's studies 2 and 3 as ablations (``steer study collapse``, ``steer study sensitivity``); docs/results.md
+holds their measured results. Study 1 (the estimator) is its own flow, ``flows/estimator_study.py``."""
+
+
 def select_arms(names: list[str]) -> list[ArmSpec]:
     """Arms by name: a default arm (``steer_0.6``) or any algorithm preset (``fork_tokens``, as is)."""
     by_name = {a.name: a for a in DEFAULT_ARMS}

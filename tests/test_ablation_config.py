@@ -59,3 +59,20 @@ def test_invalid_settings_name_the_fix():
     bad = AblationConfig(arms=[ArmSpec(name="x", algorithm="grpo", overrides={"optim.mini_batch_prompts": 5})])
     with pytest.raises(ConfigError, match=r"(?s)arm .x., seed 0: .*mini_batch_prompts=5 must divide"):
         bad.jobs()
+
+
+def test_studies_expand_into_valid_runs_that_differ_only_where_they_should():
+    """Issue 6's studies 2 and 3: every run validates, and arms differ from each other only in the algorithm."""
+    from steer.ablation import STUDIES
+
+    collapse = STUDIES["collapse"].config(steps=3).jobs(Path("/tmp/r"))
+    assert [j.arm for j in collapse[::3]] == ["grpo", "steer_0.7", "clip_cov", "entropy_bonus"]
+    assert {j.seed for j in collapse} == {0, 1, 2} and all(j.config.steps == 3 for j in collapse)
+    assert {j.config.model_dump_json(exclude={"algorithm", "seed", "output_dir"}) for j in collapse}.__len__() == 1
+
+    sens = {j.arm: j.config.algorithm for j in STUDIES["sensitivity"].config(seeds=[0]).jobs(Path("/tmp/r"))}
+    lams = {a: c.steer_lambda_min for a, c in sens.items() if c.steer_scope == "micro"}
+    assert lams == {f"steer_{x}": x for x in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)}
+    scopes = {c.steer_scope for c in sens.values() if c.steer_lambda_min == 0.7}
+    assert scopes == {"micro", "mini", "rollout", "running"}
+    assert all(c.token_weighting == "steer" for c in sens.values())
