@@ -41,6 +41,12 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    return execute(lambda: build_config(args), "steer ablate")
+
+
+def execute(make_config, prog: str) -> int:
+    """Build the ``AblationConfig`` (``make_config()``), check every run's settings before Prefect starts, run the
+    ablation flow and print its summary; a bad setting prints ``<prog>: <what and how to fix it>`` and returns 2."""
     import sys
 
     from pydantic import ValidationError
@@ -48,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
     from steer.config import ConfigError
 
     try:
-        config = build_config(args)
+        config = make_config()
         config.jobs()  # every run's settings, checked before Prefect starts
     except (ConfigError, ValidationError) as e:
-        print(f"steer ablate: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
     from flows.ablate import ablate
     from steer.commands.ablation_report import print_table
