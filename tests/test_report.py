@@ -176,3 +176,9 @@ def test_a_tracker_on_a_shared_sqlite_store_keeps_artifacts_beside_it(ablation_s
     assert location == (store_dir / "mlartifacts").as_uri() and not (tmp_path / "mlruns").exists()
     assert tracker.client.get_run(tracker.run_id).data.tags["mlflow.parentRunId"] == parent
     tracker.close()
+
+
+def test_long_entropy_curves_are_smoothed_short_ones_not():
+    from steer.report.plots import smoothing_window
+
+    assert [smoothing_window(n) for n in (4, 40, 41, 150, 300)] == [1, 1, 2, 8, 15]

@@ -58,13 +58,20 @@ def _wide(metrics: pd.DataFrame, arm: str, key: str) -> pd.DataFrame:
     return rows.pivot_table(index="step", columns="seed", values="value", aggfunc="last").sort_index()
 
 
-def _curves(ax, metrics: pd.DataFrame, key: str, arms: list[str], colors: dict) -> bool:
-    """Mean over seeds with a min-max band, one line per arm; False when no arm has ``key``."""
+def smoothing_window(num_steps: int) -> int:
+    """Rolling-mean window for a per-step curve: 1 (none) up to 40 steps, else 5% of the steps."""
+    return 1 if num_steps <= 40 else max(1, round(num_steps / 20))
+
+
+def _curves(ax, metrics: pd.DataFrame, key: str, arms: list[str], colors: dict, window: int = 1) -> bool:
+    """Mean over seeds with a min-max band, one line per arm, each seed's values a trailing rolling mean over
+    ``window`` steps; False when no arm has ``key``."""
     drawn = False
     for arm in arms:
         wide = _wide(metrics, arm, key)
         if wide.empty:
             continue
+        wide = wide.rolling(window, min_periods=1).mean()
         mean = wide.mean(axis=1)
         marker = "o" if len(mean) <= 12 else None
         ax.plot(mean.index, mean.values, color=colors[arm], marker=marker, ms=4, label=f"{arm} (n={wide.shape[1]})")
@@ -83,12 +90,18 @@ def _finish(fig: Figure, ax, path: Path, legend_title: str = "arm (seeds)") -> P
     return path
 
 
-def plot_curve(metrics, key: str, ylabel: str, title: str, path: Path, arms: list[str]) -> Path | None:
-    """One metric vs step per arm; None when no run logged ``key``."""
+def plot_curve(
+    metrics, key: str, ylabel: str, title: str, path: Path, arms: list[str], smooth: bool = False
+) -> Path | None:
+    """One metric vs step per arm (``smooth``: a rolling mean, ``smoothing_window``); None when no run logged
+    ``key``."""
     fig = Figure(figsize=(8, 4.2), dpi=110, layout="constrained")
     ax = fig.subplots()
-    if not _curves(ax, metrics, key, arms, arm_colors(arms)):
+    window = smoothing_window(metrics[metrics.key == key].step.nunique()) if smooth else 1
+    if not _curves(ax, metrics, key, arms, arm_colors(arms), window):
         return None
+    if window > 1:
+        title = f"{title}, rolling mean over {window} steps"
     ax.set(xlabel="training step", ylabel=ylabel, title=title)
     return _finish(fig, ax, path)
 
@@ -191,7 +204,7 @@ def render_report(
     report = Report(table=table, markdown=table_markdown(table))
     plots = {
         "entropy": lambda p: plot_curve(metrics, ENTROPY, "token-mean entropy of the rollout policy (nats)",
-                                        "Entropy vs step (rollout/entropy)", p, arms),
+                                        "Entropy vs step (rollout/entropy)", p, arms, smooth=True),
         "accuracy": lambda p: plot_curve(metrics, "eval/accuracy", "held-out accuracy",
                                          "Held-out accuracy vs step (eval/accuracy)", p, arms),
         "quadrants": lambda p: plot_quadrants(metrics, p, arms),
