@@ -11,7 +11,8 @@ Pieces, each pure and detached (no gradient flows through anything here):
   scope (micro-batch, mini-batch, rollout batch) and ``update_running_max`` gives the running-maximum scope.
 - ``steer_weights``: the paper's exponential map of |Omega| / M to [lambda_min, 1]; ``token_weights`` looks up the
   map by name (registry ``WEIGHT_MAPS``: ``exp``, ``linear``, ``asymmetric``).
-- ``quadrant_stats``: share of tokens and summed Omega in each of the four (sign A) x (high/low probability) quadrants.
+- ``quadrant_masks``, ``quadrant_stats``: the four (sign A) x (high/low probability) quadrants, and the share of
+  tokens and summed Omega in each.
 
 Shapes: N responses, T response tokens; ``mask`` (N, T) is 1 on real tokens and 0 on padding.
 """
@@ -207,6 +208,24 @@ QUADRANTS = ("pos_high", "pos_low", "neg_high", "neg_low")
 
 
 @torch.no_grad()
+def quadrant_masks(logp: Tensor, entropy: Tensor, advantages: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """The four quadrants of method.md as (N, T) bool masks over valid tokens, keyed ``pos_high``, ``pos_low``,
+    ``neg_high``, ``neg_low``. "high" means log p > -H; tokens with A = 0 are in none.
+
+    Args: logp, entropy, mask: (N, T); advantages (N,) or (N, T).
+    """
+    adv = _token_advantages(advantages, logp)
+    valid = mask.bool()
+    high = logp > -entropy
+    return {
+        "pos_high": (adv > 0) & high & valid,
+        "pos_low": (adv > 0) & ~high & valid,
+        "neg_high": (adv < 0) & high & valid,
+        "neg_low": (adv < 0) & ~high & valid,
+    }
+
+
+@torch.no_grad()
 def quadrant_stats(omega: Tensor, logp: Tensor, entropy: Tensor, advantages: Tensor, mask: Tensor) -> dict[str, Tensor]:
     """Four-quadrant statistics of the predicted entropy change (method.md, "Quadrants").
 
@@ -220,16 +239,8 @@ def quadrant_stats(omega: Tensor, logp: Tensor, entropy: Tensor, advantages: Ten
     adv = _token_advantages(advantages, logp)
     valid = mask.bool()
     n_valid = valid.sum().clamp(min=1)
-    high = logp > -entropy
-    masks = {
-        "pos_high": (adv > 0) & high,
-        "pos_low": (adv > 0) & ~high,
-        "neg_high": (adv < 0) & high,
-        "neg_low": (adv < 0) & ~high,
-    }
     out: dict[str, Tensor] = {}
-    for q, m in masks.items():
-        m = m & valid
+    for q, m in quadrant_masks(logp, entropy, adv, mask).items():
         out[f"steer/quadrant/{q}/share"] = m.sum() / n_valid
         out[f"steer/quadrant/{q}/omega_sum"] = torch.where(m, omega, torch.zeros_like(omega)).sum()
     out["steer/quadrant/adv_zero_share"] = ((adv == 0) & valid).sum() / n_valid
