@@ -26,7 +26,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, SupportsFloat, TypeVar
 
@@ -87,6 +88,21 @@ def with_retries(fn: Callable[[], T], *, attempts: int = 4, base_delay: float = 
             )
             time.sleep(delay)
     return fn()
+
+
+@contextmanager
+def tracking_uri_env(uri: str) -> Iterator[None]:
+    """Point ``MLFLOW_TRACKING_URI`` (read by the training flow's tracker) at ``uri`` while a subflow runs, so that
+    its run lands in the caller's store; the previous value is restored afterwards."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def sqlite_artifact_location(tracking_uri: str) -> str | None:
