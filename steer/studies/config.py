@@ -1,0 +1,173 @@
+"""``EstimatorStudyConfig``: the typed settings of the estimator study (``flows/estimator_study.py``,
+``steer study estimator``), shown by Prefect as a form. No Prefect or MLflow here.
+
+The study trains (or reuses) a source run of ``preset`` + ``overrides`` under ``<output_dir>/run``, and measures the
+estimators at each of ``stages`` with each optimizer cell of ``optimizers``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from steer.config import ConfigError, RunConfig, _merge, _set_dotted, load_config
+from steer.studies.estimator import OPTIMIZERS, cell_label
+
+STAGE_NAMES = ("start", "middle", "end")
+"""start: the initial policy (before any update); middle: the checkpoint nearest steps / 2; end: the last one."""
+
+
+class OptimizerCell(BaseModel):
+    """One optimizer and learning rate: a fresh optimizer takes exactly one step from the stage's policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        description="sgd (torch.optim.SGD, no momentum: the step is -lr * grad, Theorem 1's setting) or adamw "
+        "(weight decay 0, fresh state: the first step is about -lr * sign(grad), what training takes)."
+    )
+    lr: float = Field(ge=0, description="Step size; no gradient clipping, so lr is the step. 0 is a control.")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in OPTIMIZERS:
+            raise ValueError(f"optimizer {v!r} is not one of: {', '.join(OPTIMIZERS.names())}")
+        return v
+
+    @property
+    def label(self) -> str:
+        return cell_label(self.name, self.lr)
+
+
+# Calibrated on the tiny policy at the start stage (32 prompts x 8 samples; ``nonlinearity`` = deviation of the
+# realized change per unit lr from that of a 10x smaller step): SGD 1e-3: 0.02 (first-order), 1e-2: 0.22 (the edge),
+# 1e-1: 0.97 (beyond); AdamW 1e-6: 0.01, 1e-4 (the tiny preset's training lr): 0.39, 1e-3: 0.98.
+DEFAULT_OPTIMIZERS = [
+    OptimizerCell(name="sgd", lr=1e-3),
+    OptimizerCell(name="sgd", lr=1e-2),
+    OptimizerCell(name="sgd", lr=1e-1),
+    OptimizerCell(name="adamw", lr=1e-6),
+    OptimizerCell(name="adamw", lr=1e-4),
+    OptimizerCell(name="adamw", lr=1e-3),
+]
+
+
+def nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1, "c": {"d": 2}}`` -> ``{"a": {"b": 1}, "c": {"d": 2}}`` (dotted and nested keys merge)."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        one: dict[str, Any] = {}
+        _set_dotted(one, key, value)
+        out = _merge(out, one)
+    return out
+
+
+class EstimatorStudyConfig(BaseModel):
+    """How well Omega predicts the entropy change of one real optimizer step, at several stages of a run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field("tiny", description="Preset of the source run (steer/presets/*.yaml) or a .yaml path.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Dotted settings of the source run, e.g. {'steps': 20, 'optim.lr': 1e-4}. Its algorithm's clip "
+        "range and aggregation also define the measured step (without token weights or extra terms).",
+    )
+    output_dir: str = Field(
+        "runs/estimator-study",
+        description="Everything the study writes: the source run in <output_dir>/run (reused when finished), "
+        "tokens.parquet, estimator_table.csv/.md, cells.csv, scatter PNGs and, without MLFLOW_TRACKING_URI, the "
+        "MLflow store mlflow.db holding the study run and the source run.",
+    )
+    stages: list[str | int] = Field(
+        default_factory=lambda: list(STAGE_NAMES),
+        min_length=1,
+        description="Policies to measure: start (initial policy), middle (checkpoint nearest steps/2), end (last "
+        "checkpoint), or a checkpoint step (an integer; 0 is the initial policy).",
+    )
+    optimizers: list[OptimizerCell] = Field(
+        default_factory=lambda: [c.model_copy() for c in DEFAULT_OPTIMIZERS],
+        min_length=1,
+        description="Optimizer cells, each one step from a fresh copy of the stage's policy. Default: SGD 1e-3/1e-2/"
+        "1e-1 and AdamW 1e-6/1e-4/1e-3, from within the first-order regime to clearly beyond it on the tiny policy.",
+    )
+    prompts: int | None = Field(
+        None, gt=0, description="B of the study batch (G comes from the source run); None: its prompts_per_step."
+    )
+    seed: int = Field(0, description="Seed of the study's prompts and rollouts (derived per checkpoint step).")
+    experiment: str = Field("steer-estimator-study", description="MLflow experiment of the study run.")
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: list[str | int]) -> list[str | int]:
+        out: list[str | int] = []
+        for s in v:
+            if isinstance(s, str) and s.strip().isdigit():
+                s = int(s)
+            if (isinstance(s, int) and s < 0) or (isinstance(s, str) and s not in STAGE_NAMES):
+                raise ValueError(
+                    f"stage {s!r} is not one of: {', '.join(STAGE_NAMES)}, or a checkpoint step (an integer >= 0)"
+                )
+            out.append(s)
+        if len(set(out)) != len(out):
+            raise ValueError(f"stages {out} repeat a stage: list each once")
+        return out
+
+    @model_validator(mode="after")
+    def _cells(self) -> EstimatorStudyConfig:
+        labels = [c.label for c in self.optimizers]
+        repeated = sorted({x for x in labels if labels.count(x) > 1})
+        if repeated:
+            raise ValueError(f"optimizers repeat a cell: {', '.join(repeated)}; list each (name, lr) once")
+        if "output_dir" in self.overrides:
+            raise ValueError("overrides: output_dir is set by the study (<output_dir>/run); remove it")
+        return self
+
+    @property
+    def source_dir(self) -> Path:
+        return Path(self.output_dir) / "run"
+
+    def source_config(self) -> RunConfig:
+        """The source run's config: ``preset`` + ``overrides`` in ``<output_dir>/run``, keeping every checkpoint
+        (so that middle and any step stay available). Raises ``ConfigError`` naming the bad setting."""
+        cfg = load_config(self.preset, _merge(nest(self.overrides), {"output_dir": str(self.source_dir)}))
+        every = cfg.checkpoint_every
+        needed = math.ceil(cfg.steps / every) if every else 1
+        if needed > cfg.keep_checkpoints:
+            cfg.keep_checkpoints = needed
+        return cfg
+
+    def check(self) -> RunConfig:
+        """Validate everything the study will need before it starts: the source run's settings and the batch.
+        Returns the source config."""
+        cfg = self.source_config()
+        missing = [s for s in self.stages if isinstance(s, int) and s not in checkpoint_steps(cfg)]
+        if missing:
+            raise ConfigError(
+                f"stages: {missing} are not checkpoint steps of the source run (steps={cfg.steps}, checkpoint_every="
+                f"{cfg.checkpoint_every}); available: {', '.join(map(str, checkpoint_steps(cfg)))}"
+            )
+        return cfg
+
+    def params(self) -> dict[str, str]:
+        """The study's settings as flat MLflow params (overrides nested, as sorted JSON, so that dotted and nested
+        spellings of the same settings are the same param)."""
+        import json
+
+        return {
+            "preset": self.preset, "overrides": json.dumps(nest(self.overrides), sort_keys=True),
+            "output_dir": self.output_dir, "stages": ",".join(map(str, self.stages)),
+            "optimizers": ",".join(f"{c.name}:{c.lr:g}" for c in self.optimizers),
+            "prompts": str(self.prompts), "seed": str(self.seed), "experiment": self.experiment,
+        }  # fmt: skip
+
+
+def checkpoint_steps(cfg: RunConfig) -> list[int]:
+    """The steps a finished run of ``cfg`` has checkpoints of, with 0 for the initial policy."""
+    every = cfg.checkpoint_every
+    steps = set(range(every, cfg.steps + 1, every)) if every else set()
+    return sorted({0, cfg.steps} | steps)

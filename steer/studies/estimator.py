@@ -1,0 +1,347 @@
+"""How well does Omega predict the entropy change of one real optimizer step? (the paper's Table 1 protocol)
+
+method.md, "Measuring the estimator": take a rollout batch, record H at every response state, take one real
+optimizer step, recompute H at the same states, and compare the realized change with each estimator by MSE, Pearson
+and Spearman correlation. Equations: docs/algorithms.md, section "Entropy-change estimators".
+
+Pieces, torch and pandas only:
+
+- ``ENTROPY_CHANGE_ESTIMATORS``: per-token predictions (N, T), zero on padding: ``first_order`` and ``released``
+  (Theorem 1's two forms, ``steer.reweighting.estimate_entropy_change``), ``covariance`` (Cui et al. 2025's
+  softmax policy-gradient estimate, dH ~ -Cov(log pi, pi A), per token) and ``covariance_npg`` (its natural-PG form,
+  the per-token covariance Clip-Cov and KL-Cov rank by).
+- ``OPTIMIZERS``: ``sgd`` (no momentum) and ``adamw`` (weight decay 0, fresh state: its first step is
+  lr * g / (|g| + eps), i.e. lr * sign(g) for every weight whose gradient is not tiny).
+- ``score_states``: log p and H at every response state, deterministic (eval mode, a fixed micro-batch split), so
+  that the states before and after the step are scored by exactly the same computation.
+- ``entropy_change_step``: one optimizer step of the plain clipped GRPO objective on a copy of the policy (the caller's
+  model is not touched), then the entropies after it.
+- ``token_frame`` / ``estimator_table``: the per-token table (one row per valid token and optimizer cell) and the
+  statistics per (stage, optimizer cell, estimator, subset).
+
+Departure from the protocol as the paper states it: the step is taken in eval mode (no dropout), so the realized
+change comes from the parameters alone and lr = 0 realizes exactly 0; the predicted gradient is the dropout-free one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from steer.algorithms import AlgorithmConfig
+from steer.registry import Registry
+from steer.reweighting import QUADRANTS, estimate_entropy_change, quadrant_masks
+from steer.studies.stats import fit_scale_mse, pearson, sign_agreement, spearman
+from steer.update import PolicyBatch, policy_update, score_batch
+
+ENTROPY_CHANGE_ESTIMATORS: Registry = Registry("entropy-change estimator")
+OPTIMIZERS: Registry[Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer]] = Registry("optimizer")
+
+SUBSETS = ("all", *QUADRANTS, "all_with_zero_adv")
+"""Token subsets of the table: ``all`` (valid tokens with A != 0), the four quadrants of method.md and every valid
+token (``all_with_zero_adv``: tokens with A = 0 are predicted not to move, but they do)."""
+
+CELL_KEYS = ["stage", "checkpoint_step", "optimizer", "lr"]
+TABLE_COLUMNS = [*CELL_KEYS, "estimator", "subset", "n", "pearson", "spearman", "scale", "mse", "mse_zero",
+                 "sign_agreement"]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------- estimators
+def _masked_mean(x: Tensor, valid: Tensor) -> Tensor:
+    return torch.where(valid, x, torch.zeros_like(x)).sum() / valid.sum().clamp(min=1)
+
+
+def _token_adv(advantages: Tensor, like: Tensor) -> Tensor:
+    return advantages[:, None].expand_as(like) if advantages.dim() == 1 else advantages  # (N,) -> (N, T)
+
+
+@ENTROPY_CHANGE_ESTIMATORS.register("first_order")
+def first_order(logp, old_logp, entropy, old_entropy, advantages, mask, *, eps_low, eps_high) -> Tensor:
+    """Theorem 1: -I_clip A r p(1-p)(log p + H), H under the current policy. (N, T)."""
+    return estimate_entropy_change(logp, old_logp, entropy, advantages, mask, form="first_order", eps_low=eps_low,
+                                   eps_high=eps_high)  # fmt: skip
+
+
+@ENTROPY_CHANGE_ESTIMATORS.register("released")
+def released(logp, old_logp, entropy, old_entropy, advantages, mask, *, eps_low, eps_high) -> Tensor:
+    """The released code: -(A / p_old) p(1-p)(log p + H_old). (N, T)."""
+    return estimate_entropy_change(logp, old_logp, old_entropy, advantages, mask, form="released", eps_low=eps_low,
+                                   eps_high=eps_high)  # fmt: skip
+
+
+@ENTROPY_CHANGE_ESTIMATORS.register("covariance")
+@torch.no_grad()
+def covariance(logp, old_logp, entropy, old_entropy, advantages, mask, *, eps_low, eps_high) -> Tensor:
+    """Cui et al. 2025 (softmax policy gradient): dH ~ -Cov(log pi, pi A), one term per token:
+    -(log p - mean log p)(p A - mean(p A)), means over the batch's valid tokens (A = 0 included). (N, T)."""
+    valid = mask.bool()
+    adv = _token_adv(advantages, logp).to(logp.dtype)
+    pa = logp.exp() * adv  # (N, T)
+    cov = (logp - _masked_mean(logp, valid)) * (pa - _masked_mean(pa, valid))  # (N, T)
+    return torch.where(valid, -cov, torch.zeros_like(cov))
+
+
+@ENTROPY_CHANGE_ESTIMATORS.register("covariance_npg")
+@torch.no_grad()
+def covariance_npg(logp, old_logp, entropy, old_entropy, advantages, mask, *, eps_low, eps_high) -> Tensor:
+    """Cui et al. 2025 (natural policy gradient): dH ~ -Cov(log pi, A), one term per token:
+    -(log p - mean log p)(A - mean A), the negated per-token covariance Clip-Cov ranks by. (N, T)."""
+    valid = mask.bool()
+    adv = _token_adv(advantages, logp).to(logp.dtype)
+    cov = (logp - _masked_mean(logp, valid)) * (adv - _masked_mean(adv, valid))  # (N, T)
+    return torch.where(valid, -cov, torch.zeros_like(cov))
+
+
+def predict(
+    names: Sequence[str], logp, old_logp, entropy, old_entropy, advantages, mask, *, eps_low: float, eps_high: float
+) -> dict[str, Tensor]:
+    """Every estimator in ``names`` on the same tensors: name -> (N, T), zeros on padding, detached."""
+    args = (logp.detach(), old_logp, entropy.detach(), old_entropy, advantages, mask)
+    return {n: ENTROPY_CHANGE_ESTIMATORS.get(n)(*args, eps_low=eps_low, eps_high=eps_high) for n in names}
+
+
+# --------------------------------------------------------------------------------------------------- optimizers
+@OPTIMIZERS.register("sgd")
+def _sgd(params, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=0.0)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(params, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def plain_objective(cfg: AlgorithmConfig) -> AlgorithmConfig:
+    """The objective whose entropy change Omega predicts: the clipped per-token loss of ``cfg`` (its clip range,
+    dual clip and aggregation kept) with no token weights, advantage shaping, entropy bonus or KL term."""
+    return cfg.model_copy(update=dict(policy_loss="ppo_clip", token_weighting="none", advantage_shaping="none",
+                                      entropy_coef=0.0, kl_coef=0.0))  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------- the step
+def _micro(n: int, micro_batch_size: int) -> int:
+    """The largest size <= ``micro_batch_size`` that splits n rows evenly (a gcd): before and after use the same."""
+    return math.gcd(n, micro_batch_size)
+
+
+@torch.no_grad()
+def score_states(
+    model: torch.nn.Module,
+    batch: PolicyBatch,
+    *,
+    micro_batch_size: int,
+    temperature: float = 1.0,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """log p and H (N, T) of every response state, in eval mode with the micro-batch split ``entropy_change_step``
+    uses, so that equal parameters give bitwise equal entropies. The model's mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        return score_batch(model, batch, micro_batch_size=_micro(len(batch), micro_batch_size),
+                           temperature=temperature, autocast_dtype=autocast_dtype)  # fmt: skip
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class StepResult:
+    """One optimizer cell's step: the states re-scored after it, and the update's metrics."""
+
+    optimizer: str
+    lr: float
+    logp_after: Tensor  # (N, T)
+    entropy_after: Tensor  # (N, T)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return cell_label(self.optimizer, self.lr)
+
+
+def cell_label(optimizer: str, lr: float) -> str:
+    """``sgd_0.1``, ``adamw_1e-05``: an optimizer cell's name in metric names and file names."""
+    return f"{optimizer}_{lr:g}"
+
+
+def entropy_change_step(
+    model: torch.nn.Module,
+    batch: PolicyBatch,
+    algorithm_cfg: AlgorithmConfig,
+    *,
+    optimizer: str,
+    lr: float,
+    micro_batch_size: int,
+    temperature: float = 1.0,
+    autocast_dtype: torch.dtype | None = None,
+) -> StepResult:
+    """Exactly one optimizer step on the whole ``batch`` from a copy of ``model``, then H at the same states.
+
+    Args:
+        batch: N responses with ``old_logp``/``old_entropy`` from ``score_states`` on ``model`` (the rollout policy).
+        algorithm_cfg: its clip range, dual clip and aggregation define the step (``plain_objective``).
+        optimizer: a name in ``OPTIMIZERS``; built fresh, so AdamW has no moment history.
+        lr: the step size; no gradient clipping (max norm inf) and no schedule, so lr is the step size.
+        micro_batch_size: gradient accumulation and scoring chunk (rounded down to a divisor of N).
+    Returns:
+        ``StepResult`` with ``entropy_after`` and ``logp_after`` (N, T), zeros on padding, and the update's
+        metrics (``actor/grad_norm``, ``actor/clipfrac``, ...) plus ``param_delta_norm`` = ||theta' - theta||.
+    """
+    if batch.old_logp is None or batch.old_entropy is None:
+        raise ValueError("batch.old_logp / old_entropy are missing: score the batch with score_states() first")
+    n = len(batch)
+    micro = _micro(n, micro_batch_size)
+    policy = copy.deepcopy(model)
+    policy.eval()  # no dropout: the realized change comes from the parameters alone
+    opt = OPTIMIZERS.get(optimizer)(policy.parameters(), lr)
+    result = policy_update(
+        policy, opt, batch, plain_objective(algorithm_cfg), mini_batch_size=n, micro_batch_size=micro, epochs=1,
+        temperature=temperature, max_grad_norm=math.inf, generator=torch.Generator().manual_seed(0),
+        autocast_dtype=autocast_dtype, shuffle=False,
+    )  # fmt: skip
+    logp_after, entropy_after = score_states(policy, batch, micro_batch_size=micro, temperature=temperature,
+                                             autocast_dtype=autocast_dtype)  # fmt: skip
+    with torch.no_grad():
+        delta = sum(((a.float() - b.float()) ** 2).sum() for a, b in zip(policy.parameters(), model.parameters()))
+    metrics = {**result.metrics, "param_delta_norm": float(delta) ** 0.5}
+    del policy, opt
+    return StepResult(optimizer, lr, logp_after, entropy_after, metrics)
+
+
+# ------------------------------------------------------------------------------------------------- the tables
+def token_frame(
+    batch: PolicyBatch,
+    predictions: dict[str, Tensor],
+    steps: Sequence[StepResult],
+    *,
+    stage: str,
+    checkpoint_step: int,
+) -> pd.DataFrame:
+    """One row per valid token and optimizer cell (columns as ``docs/algorithms.md`` lists them).
+
+    Args:
+        batch: the scored batch; ``old_logp``/``old_entropy`` are log p and H before the step (N, T).
+        predictions: estimator name -> (N, T), as ``predict`` returns; column ``pred_<name>``.
+        steps: the cells' results on this batch.
+    """
+    batch = batch.to("cpu")
+    valid = batch.response_mask.bool()
+    rows, ts = valid.nonzero(as_tuple=True)  # (M,), (M,): the valid tokens, row-major
+    adv = _token_adv(batch.advantages, batch.old_logp)
+    quadrant = np.full(rows.numel(), "zero", dtype=object)
+    for q, m in quadrant_masks(batch.old_logp, batch.old_entropy, adv, batch.response_mask).items():
+        quadrant[m[valid].cpu().numpy()] = q
+    before = batch.old_entropy[valid]  # (M,)
+    base = {
+        "row": rows.cpu().numpy(), "t": ts.cpu().numpy(), "advantage": adv[valid].double().cpu().numpy(),
+        "logp": batch.old_logp[valid].double().cpu().numpy(), "entropy_before": before.double().cpu().numpy(),
+    }  # fmt: skip
+    preds = {f"pred_{k}": v.cpu()[valid].double().numpy() for k, v in predictions.items()}
+    frames = []
+    for s in steps:
+        after = s.entropy_after.cpu()[valid]  # (M,)
+        frames.append(pd.DataFrame({
+            "stage": stage, "checkpoint_step": checkpoint_step, "optimizer": s.optimizer, "lr": s.lr, **base,
+            "entropy_after": after.double().cpu().numpy(),
+            "realized": (after - before).double().cpu().numpy(),  # in the scoring dtype: exactly 0 when unchanged
+            "quadrant": quadrant, **preds,
+        }))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
+
+
+def estimator_names(frame: pd.DataFrame) -> list[str]:
+    """The estimators a token frame holds (its ``pred_<name>`` columns, in order)."""
+    return [c.removeprefix("pred_") for c in frame.columns if c.startswith("pred_")]
+
+
+def subset_mask(frame: pd.DataFrame, subset: str) -> np.ndarray:
+    """Bool (rows,) of ``frame``'s tokens in ``subset`` (one of ``SUBSETS``)."""
+    if subset == "all":
+        return (frame["advantage"] != 0).to_numpy()
+    if subset == "all_with_zero_adv":
+        return np.ones(len(frame), dtype=bool)
+    if subset in QUADRANTS:
+        return (frame["quadrant"] == subset).to_numpy()
+    raise KeyError(f"unknown subset {subset!r}; valid names: {', '.join(SUBSETS)}")
+
+
+def agreement(pred: np.ndarray, real: np.ndarray) -> dict[str, float]:
+    """The table's statistics of one estimator on one subset (n,): n, pearson, spearman, scale, mse, mse_zero,
+    sign_agreement."""
+    scale, mse = fit_scale_mse(pred, real)
+    return {
+        "n": int(pred.size), "pearson": pearson(pred, real), "spearman": spearman(pred, real), "scale": scale,
+        "mse": mse, "mse_zero": float(np.mean(real**2)) if real.size else float("nan"),
+        "sign_agreement": sign_agreement(pred, real),
+    }  # fmt: skip
+
+
+def estimator_table(frame: pd.DataFrame, subsets: Sequence[str] = SUBSETS) -> pd.DataFrame:
+    """Statistics of every estimator against the realized change, per (stage, checkpoint_step, optimizer, lr),
+    estimator and subset: rows = cells x estimators x subsets, columns ``TABLE_COLUMNS``.
+
+    ``scale`` is the least-squares c of c * pred ~ realized on that subset and ``mse`` the MSE after it; ``mse_zero``
+    = mean(realized^2) is the MSE of predicting no change.
+    """
+    names = estimator_names(frame)
+    out = []
+    for key, cell in frame.groupby(CELL_KEYS, sort=False):
+        real = cell["realized"].to_numpy()
+        for name in names:
+            pred = cell[f"pred_{name}"].to_numpy()
+            for subset in subsets:
+                m = subset_mask(cell, subset)
+                out.append({**dict(zip(CELL_KEYS, key)), "estimator": name, "subset": subset,
+                            **agreement(pred[m], real[m])})  # fmt: skip
+    return pd.DataFrame(out, columns=TABLE_COLUMNS)
+
+
+def table_markdown(table: pd.DataFrame, digits: int = 3) -> str:
+    """``table`` as a GitHub markdown table; floats in 4 significant digits, correlations with ``digits`` decimals."""
+
+    def fmt(col: str, v) -> str:
+        if isinstance(v, float | np.floating):
+            if math.isnan(v):
+                return "nan"
+            return f"{v:.{digits}f}" if col in ("pearson", "spearman", "sign_agreement") else f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
+    for rec in table.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(c, v) for c, v in zip(table.columns, rec)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def cell_table(frame: pd.DataFrame, step_metrics: Sequence[dict]) -> pd.DataFrame:
+    """One row per (stage, optimizer cell): how far the step moved the entropy and whether it was still first-order.
+
+    Columns: ``CELL_KEYS``, ``mean_abs_realized`` and ``mean_realized`` (over valid tokens), ``nonlinearity`` =
+    ||d/lr - d0/lr0|| / ||d0/lr0|| with d the realized change per token and d0 that of the smallest positive lr of the
+    same optimizer at the same stage (about 0 in the first-order regime, about 1 when the step is far beyond it; NaN
+    for the reference cell itself and for lr = 0), and ``param_delta_norm``, ``grad_norm``, ``clipfrac`` from
+    ``step_metrics`` (one dict per cell with the ``CELL_KEYS`` and ``StepResult.metrics``).
+    """
+    extra = {tuple(m[k] for k in CELL_KEYS): m for m in step_metrics}
+    rows = []
+    for (stage, step, opt), group in frame.groupby(["stage", "checkpoint_step", "optimizer"], sort=False):
+        per_lr = {lr: cell["realized"].to_numpy() for lr, cell in group.groupby("lr", sort=False)}
+        positive = sorted(lr for lr in per_lr if lr > 0)
+        ref = per_lr[positive[0]] / positive[0] if positive else None
+        for lr, d in per_lr.items():
+            nonlin = float("nan")
+            if ref is not None and lr > positive[0] and np.linalg.norm(ref) > 0:
+                nonlin = float(np.linalg.norm(d / lr - ref) / np.linalg.norm(ref))
+            m = extra.get((stage, step, opt, lr), {})
+            rows.append({"stage": stage, "checkpoint_step": step, "optimizer": opt, "lr": lr,
+                         "mean_abs_realized": float(np.abs(d).mean()), "mean_realized": float(d.mean()),
+                         "nonlinearity": nonlin, "param_delta_norm": m.get("param_delta_norm", float("nan")),
+                         "grad_norm": m.get("actor/grad_norm", float("nan")),
+                         "clipfrac": m.get("actor/clipfrac", float("nan"))})  # fmt: skip
+    return pd.DataFrame(rows)
