@@ -1,0 +1,118 @@
+"""The estimator study: how well does each entropy-change estimator predict the change one real optimizer step
+makes? The paper's Table 1 protocol (method.md, "Measuring the estimator"), at several stages of a training run.
+
+    steer study estimator --output-dir runs/estimator-study
+
+1. the source run: the training flow on ``preset`` + ``overrides`` in ``<output_dir>/run`` (a subflow; it resumes,
+   and does nothing when already finished), keeping every checkpoint;
+2. per stage (start, middle, end, or a checkpoint step): load that policy, sample a study batch (the same prompts at
+   every stage), verify it, compute advantages, and score log p and H at every response state;
+3. per optimizer cell: one step from a fresh copy of the policy, and H again at exactly the same states;
+4. the per-token table (``tokens.parquet``), the statistics table (``estimator_table.csv``/``.md``), the cell table
+   (``cells.csv``) and one scatter PNG per cell, all logged to one MLflow run (params: the study's settings;
+   metrics ``estimator/<cell>/<estimator>/<stat>`` at step = the checkpoint step). Without ``MLFLOW_TRACKING_URI``
+   the store is ``<output_dir>/mlflow.db``, which also holds the source run. Rerunning on the same folder reuses the
+   source run and the study's MLflow run (a changed setting fails at once with the key that differs).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow
+
+from flows.train import train
+from steer.rollout.base import make_rollout_engine
+from steer.runtime import DataOrder, derive_seed, resolve_device
+from steer.studies.config import EstimatorStudyConfig
+from steer.studies.estimator import ENTROPY_CHANGE_ESTIMATORS, cell_table, estimator_table, predict, token_frame
+from steer.verifiers import VERIFIERS
+from tasks.data import prepare_data, prepare_policy, read_problems
+from tasks.rl import generate_rollouts, score_rollouts
+from tasks.study import load_stage_policy, log_study, optimizer_step, resolve_stages, study_batch, write_study
+from tasks.tracking import MlflowTracker, tracking_uri_env
+
+
+@flow(name="steer-estimator-study", log_prints=True, persist_result=False)
+def estimator_study(config: EstimatorStudyConfig = EstimatorStudyConfig()) -> dict:  # noqa: B008 (Prefect's form)
+    """Measure every estimator against one real optimizer step per cell, at every stage. Returns the table rows,
+    where the files are, and the MLflow run ids."""
+    out = Path(config.output_dir)
+    source = config.check()  # every setting validated before anything starts
+    tracker = MlflowTracker(out, experiment=config.experiment, run_name=f"estimator-study-{out.name}")
+    try:
+        try:
+            tracker.log_params(config.params())  # a rerun with other settings fails here, before any work
+        except ValueError as e:
+            raise ValueError(
+                f"{out} holds a study made with other settings ({e}). Use another output_dir, or delete "
+                f"{out / 'mlflow_run_id'} to start a new study run that still reuses the source run in "
+                f"{config.source_dir}"
+            ) from None
+
+        # 1. the source run (its MLflow run in the study's store)
+        t0 = time.perf_counter()
+        timing: dict[str, float] = {}
+        with tracking_uri_env(tracker.tracking_uri):
+            summary = train.with_options(flow_run_name=f"estimator-study-source-{out.name}")(source)
+        tracker.set_tags({"steer.source_run_id": summary["mlflow_run_id"], "steer.source_dir": str(config.source_dir)})
+        timing["source_run"] = time.perf_counter() - t0
+        print(f"source run: {summary['steps']} steps ({timing['source_run']:.0f} s; resumed from step "
+              f"{summary['resumed_from']})")  # fmt: skip
+
+        # 2.-3. per stage: the policy, the study batch, one step per optimizer cell
+        stages = resolve_stages(config.stages, source, prepare_policy(source.model))
+        train_set = read_problems(prepare_data(source.data, str(config.source_dir))["train"])
+        b = config.prompts or source.rollout.prompts_per_step
+        problems = DataOrder(train_set, b, derive_seed(config.seed, "estimator-study-prompts", 0)).batch(0)
+        device = resolve_device(source.model.device)
+        frames, steps_metrics = [], []
+        with ExitStack() as stack:
+            scorer = stack.enter_context(VERIFIERS.get(source.verifier)())
+            for st in stages:
+                t1 = time.perf_counter()
+                model, tokenizer = load_stage_policy(st, device)
+                engine = make_rollout_engine("hf", model=model, tokenizer=tokenizer)
+                seed = derive_seed(config.seed, "estimator-study", st.step)
+                rollout = generate_rollouts(engine, tokenizer, problems, source.rollout, source.data.instruction, seed)
+                scores = score_rollouts(scorer, rollout, problems, source.reward_mode)
+                batch = study_batch(model, tokenizer, rollout, scores["rewards"], source)
+                a = source.algorithm
+                preds = predict(ENTROPY_CHANGE_ESTIMATORS.names(), batch.old_logp, batch.old_logp, batch.old_entropy,
+                                batch.old_entropy, batch.advantages, batch.response_mask, eps_low=a.eps_low,
+                                eps_high=a.eps_high)  # fmt: skip
+                results = [optimizer_step(model, batch, source, cell) for cell in config.optimizers]
+                frames.append(token_frame(batch.to("cpu"), preds, results, stage=st.stage, checkpoint_step=st.step))
+                steps_metrics += [{"stage": st.stage, "checkpoint_step": st.step, "optimizer": r.optimizer,
+                                   "lr": r.lr, **r.metrics} for r in results]  # fmt: skip
+                engine.close()
+                del model, engine, batch, results
+                timing[f"stage_{st.stage}"] = time.perf_counter() - t1
+                print(f"stage {st.stage} (step {st.step}): {len(config.optimizers)} cells, "
+                      f"{timing[f'stage_{st.stage}']:.0f} s")  # fmt: skip
+
+        # 4. tables, files, MLflow
+        frame = pd.concat(frames, ignore_index=True)
+        table = estimator_table(frame)
+        cells = cell_table(frame, steps_metrics)
+        paths = write_study(frame, table, cells, str(out))
+        log_study(tracker, table, cells, paths)
+        timing["total"] = time.perf_counter() - t0
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.close()
+    return {
+        "table": table.to_dict("records"),
+        "cells": cells.to_dict("records"),
+        "stages": [{"stage": s.stage, "step": s.step, "path": s.path} for s in stages],
+        **paths,
+        "mlflow_run_id": tracker.run_id,
+        "tracking_uri": tracker.tracking_uri,
+        "source_run_id": summary["mlflow_run_id"],
+        "source_dir": str(config.source_dir),
+        "timing": timing,
+    }

@@ -1,0 +1,120 @@
+"""``steer study <name>``: measurements of the method beside training, one sub-command per study.
+
+- ``estimator``: how well each entropy-change estimator predicts the change of one real optimizer step, at the
+  start, middle and end of a run (flows/estimator_study.py).
+
+Each study is an entry of ``STUDIES``: name -> (add_arguments, run, one-line help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+
+def _list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+# ------------------------------------------------------------------------------------------------------ estimator
+def estimator_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help="preset of the source run (steer/presets/*.yaml) or a .yaml path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a source-run setting, e.g. --set steps=20 --set optim.lr=1e-4")  # fmt: skip
+    p.add_argument("--output-dir", default="runs/estimator-study",
+                   help="study folder; the source run trains in <output-dir>/run and is reused on a rerun")  # fmt: skip
+    p.add_argument("--stages", default="start,middle,end",
+                   help="comma-separated: start, middle, end, checkpoint steps (default start,middle,end)")  # fmt: skip
+    p.add_argument("--optimizers", help="comma-separated name:lr cells, e.g. sgd:1e-3,adamw:1e-4 (default: SGD "
+                   "1e-3/1e-2/1e-1 and AdamW 1e-6/1e-4/1e-3)")  # fmt: skip
+    p.add_argument("--prompts", type=int, help="prompts in the study batch (default: the preset's prompts_per_step)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the study's prompts and rollouts (default 0)")
+    p.add_argument("--experiment", default="steer-estimator-study", help="MLflow experiment of the study run")
+
+
+def estimator_config(args: argparse.Namespace):
+    """The ``EstimatorStudyConfig`` of the flags; raises ``ConfigError`` or pydantic's ``ValidationError``."""
+    from steer.config import ConfigError, parse_overrides
+    from steer.studies.config import EstimatorStudyConfig
+
+    cells = []
+    for item in _list(args.optimizers or ""):
+        name, _, lr = item.partition(":")
+        try:
+            cells.append({"name": name.strip(), "lr": float(lr)})
+        except ValueError:
+            raise ConfigError(
+                f"--optimizers {item!r}: write name:lr pairs separated by commas, e.g. sgd:1e-3,adamw:1e-4"
+            ) from None
+    fields = dict(preset=args.preset, overrides=parse_overrides(args.overrides), output_dir=args.output_dir,
+                  stages=_list(args.stages), prompts=args.prompts, seed=args.seed,
+                  experiment=args.experiment)  # fmt: skip
+    if cells:
+        fields["optimizers"] = cells
+    return EstimatorStudyConfig(**fields)
+
+
+def estimator_run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from steer.config import ConfigError, _explain
+
+    try:
+        config = estimator_config(args)
+        config.check()  # the source run's settings, checked before Prefect starts
+    except ValidationError as e:
+        print(f"steer study estimator: {_explain(e)}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        print(f"steer study estimator: {e}", file=sys.stderr)
+        return 2
+    from flows.estimator_study import estimator_study
+
+    result = estimator_study(config)
+    print_all_rows(result["table"])
+    print(f"tokens: {result['tokens']}  table: {result['table_md']}  cells: {result['cells_csv']}")
+    print(f"scatter plots: {', '.join(result['scatter'])}")
+    print(f"MLflow run: {result['mlflow_run_id']}  ({result['tracking_uri']})")
+    print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result["timing"].items()))
+    return 0
+
+
+def print_all_rows(rows: list[dict]) -> None:
+    """The ``all`` rows of the estimator table (valid tokens with A != 0), one line per stage, cell and estimator."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="estimator vs realized entropy change (tokens with A != 0)")
+    for col in ("stage", "step", "optimizer", "lr", "estimator", "n", "pearson", "spearman", "mse", "mse_zero",
+                "sign"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("stage", "optimizer", "estimator") else "right", no_wrap=True)
+    for r in rows:
+        if r["subset"] != "all":
+            continue
+        table.add_row(
+            str(r["stage"]), str(r["checkpoint_step"]), r["optimizer"], f"{r['lr']:g}", r["estimator"], str(r["n"]),
+            f"{r['pearson']:.3f}", f"{r['spearman']:.3f}", f"{r['mse']:.3g}", f"{r['mse_zero']:.3g}",
+            f"{r['sign_agreement']:.3f}",
+        )  # fmt: skip
+    console = Console()
+    Console(width=max(console.width, 120)).print(table)  # never squeeze the names (pipes and logs get 80 columns)
+
+
+STUDIES: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
+    "estimator": (estimator_arguments, estimator_run,
+                  "how well each entropy-change estimator predicts one real optimizer step (the paper's Table 1)"),
+}  # fmt: skip
+"""Study name -> (add_arguments, run, help)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="study", required=True, metavar="{" + ",".join(STUDIES) + "}")
+    for name, (add, run_study, help_text) in STUDIES.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(_study_run=run_study)
+        add(sp)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args._study_run(args)
