@@ -117,9 +117,10 @@ def test_mlflow_server_serves_runs_metrics_and_report_over_http(mlflow_server, t
 def test_deployments_yaml_is_typed_and_the_train_form_starts_from_the_tiny_preset():
     spec = yaml.safe_load(DEPLOYMENTS.read_text())
     by_name = {d["name"]: d for d in spec["deployments"]}
-    assert set(by_name) == {"train", "evaluate", "ablation", "lambda-min-nightly"}
+    assert set(by_name) == {"train", "evaluate", "ablation", "lambda-min-nightly", "estimator-study"}
     assert {d["entrypoint"] for d in by_name.values()} == {
-        "flows/train.py:train", "flows/evaluate.py:evaluate", "flows/ablate.py:ablate"}  # fmt: skip
+        "flows/train.py:train", "flows/evaluate.py:evaluate", "flows/ablate.py:ablate",
+        "flows/estimator_study.py:estimator_study"}  # fmt: skip
     form = flatten_params(RunConfig(**by_name["train"]["parameters"]["config"]).model_dump(mode="json"))
     tiny = flatten_params(load_config("tiny", {"output_dir": "runs/ui-train"}).model_dump(mode="json"))
     drift = {k: (form.get(k), tiny.get(k)) for k in form.keys() | tiny.keys() if form.get(k) != tiny.get(k)}
@@ -132,6 +133,10 @@ def test_deployments_yaml_is_typed_and_the_train_form_starts_from_the_tiny_prese
         a.overrides.get("algorithm.steer_lambda_min") for a in AblationConfig(**nightly["parameters"]["config"]).arms
     ]
     assert lams == [None, 0.6, 0.7, 0.8]
+    from steer.studies.config import EstimatorStudyConfig
+
+    study = EstimatorStudyConfig(**by_name["estimator-study"]["parameters"]["config"])
+    assert study.optimizers == EstimatorStudyConfig().optimizers  # the form shows the calibrated defaults
     step = spec["pull"][0]["prefect.deployments.steps.set_working_directory"]
     assert step == {"directory": "{{ $STEER_ROOT }}"}
 
