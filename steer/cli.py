@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("steer.commands.score", "score given completions against a benchmark, no model needed"),
     "ablate": ("steer.commands.ablate", "train arms x seeds, one parent MLflow run, and compare them (plots, table)"),
     "report": ("steer.commands.ablation_report", "re-render an ablation's report from MLflow by its parent run id"),
-    "study": ("steer.commands.study", "measure the method beside training: `steer study estimator` (Table 1)"),
+    "study": ("steer.commands.study", "the studies of docs/results.md: steer study estimator | collapse | sensitivity"),
 }
 
 

@@ -2,6 +2,8 @@
 
 - ``estimator``: how well each entropy-change estimator predicts the change of one real optimizer step, at the
   start, middle and end of a run (flows/estimator_study.py).
+- ``collapse``, ``sensitivity``: ablations (``steer.ablation.STUDIES``) run by the ablation flow
+  (steer/commands/study_ablation.py).
 
 Each study is an entry of ``STUDIES``: name -> (add_arguments, run, one-line help).
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+
+from steer.commands import study_ablation
 
 
 def _list(text: str) -> list[str]:
@@ -104,6 +108,10 @@ def print_all_rows(rows: list[dict]) -> None:
 STUDIES: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "estimator": (estimator_arguments, estimator_run,
                   "how well each entropy-change estimator predicts one real optimizer step (the paper's Table 1)"),
+    "collapse": (study_ablation.arguments("collapse"), study_ablation.runner("collapse"),
+                 "does STEER prevent entropy collapse at equal or better accuracy? (an ablation, 3 seeds)"),
+    "sensitivity": (study_ablation.arguments("sensitivity"), study_ablation.runner("sensitivity"),
+                    "STEER's lambda_min (0.5-1.0) and normaliser scope (micro, mini, rollout, running)"),
 }  # fmt: skip
 """Study name -> (add_arguments, run, help)."""
 
