@@ -31,14 +31,16 @@ from steer.studies.estimator import (
     estimator_table,
     predict,
     score_states,
+    state_ids,
     token_frame,
 )
 from steer.studies.stats import fit_scale_mse, pearson, rankdata, sign_agreement, spearman
 from steer.update import build_policy_batch
 
 ESTIMATORS = ENTROPY_CHANGE_ESTIMATORS.names()
-TOKEN_COLUMNS = ["stage", "checkpoint_step", "optimizer", "lr", "row", "t", "advantage", "logp", "entropy_before",
-                 "entropy_after", "realized", "quadrant", *(f"pred_{n}" for n in ESTIMATORS)]  # fmt: skip
+TOKEN_COLUMNS = ["stage", "checkpoint_step", "optimizer", "lr", "row", "t", "state", "advantage", "logp",
+                 "entropy_before", "entropy_after", "realized", "quadrant",
+                 *(f"pred_{n}" for n in ESTIMATORS)]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -105,6 +107,24 @@ def test_estimators_on_hand_tensors():
     torch.testing.assert_close(preds["covariance"][valid], torch.stack(expected))
 
 
+def test_state_ids_mark_tokens_sampled_at_the_same_state():
+    prompts = [[5, 6], [7]]
+    group = torch.tensor([0, 0, 0, 1, 1])  # (N,)
+    resp = torch.tensor([[1, 2, 3], [1, 2, 4], [1, 9, 3], [1, 2, 3], [2, 2, 3]])  # (N, T=3)
+    batch = build_policy_batch(prompts, group, resp, torch.ones(5, 3), torch.zeros(5), pad_id=0)
+    ids = state_ids(batch)
+    same = ids[:, None, :] == ids[None, :, :]  # (N, N, T)
+    expected = torch.tensor([  # which rows share each response position's state
+        [[1, 1, 1], [1, 1, 1], [1, 1, 0], [0, 0, 0], [0, 0, 0]],
+        [[1, 1, 1], [1, 1, 1], [1, 1, 0], [0, 0, 0], [0, 0, 0]],
+        [[1, 1, 0], [1, 1, 0], [1, 1, 1], [0, 0, 0], [0, 0, 0]],
+        [[0, 0, 0], [0, 0, 0], [0, 0, 0], [1, 1, 1], [1, 0, 0]],
+        [[0, 0, 0], [0, 0, 0], [0, 0, 0], [1, 0, 0], [1, 1, 1]],
+    ], dtype=torch.bool)  # fmt: skip
+    assert torch.equal(same, expected)
+    assert len(set(ids.flatten().tolist())) == 2 + 3 + 4  # distinct states at t = 0, 1, 2
+
+
 # ---------------------------------------------------------------------------------------------- the tiny policy
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -157,6 +177,10 @@ def test_lr_zero_realizes_exactly_zero_and_nothing_else_moves(tiny, optimizer):
     assert (moved.entropy_after - batch.old_entropy).abs().max() > 1e-6
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())  # the source model is untouched
     assert all(torch.equal(v, getattr(batch, k)) for k, v in tensors.items())  # so is the batch
+    ids, valid = state_ids(batch), batch.response_mask.bool()
+    for s in ids[valid].unique():  # one state, one entropy: before and after the step, whichever row it sits in
+        at = (ids == s) & valid
+        assert batch.old_entropy[at].unique().numel() == 1 and moved.entropy_after[at].unique().numel() == 1
 
 
 def test_entropy_before_is_a_fresh_full_forward_of_each_sequence(tiny):
@@ -258,7 +282,9 @@ def test_token_frame_and_table_shapes(tiny):
     first = first.set_index("subset")
     assert first.loc["all", "n"] == (one.advantage != 0).sum() / 2
     assert first.loc["all_with_zero_adv", "n"] == n_valid
-    assert sum(first.loc[q, "n"] for q in ("pos_high", "pos_low", "neg_high", "neg_low")) == first.loc["all", "n"]
+    states = one[(one.lr == 1e-3) & (one.advantage != 0)].state.nunique()
+    assert first.loc["states", "n"] == states < first.loc["all", "n"]  # the G samples share their first states
+    assert sum(first.loc[q, "n"] for q in SUBSETS[1:5]) == first.loc["all", "n"]
     cells = cell_table(frame, [])
     assert len(cells) == 4 and cells.nonlinearity.isna().sum() == 2  # the smallest lr is each stage's reference
     assert (cells.mean_abs_realized > 0).all()

@@ -44,9 +44,11 @@ from steer.update import PolicyBatch, policy_update, score_batch
 ENTROPY_CHANGE_ESTIMATORS: Registry = Registry("entropy-change estimator")
 OPTIMIZERS: Registry[Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer]] = Registry("optimizer")
 
-SUBSETS = ("all", *QUADRANTS, "all_with_zero_adv")
-"""Token subsets of the table: ``all`` (valid tokens with A != 0), the four quadrants of method.md and every valid
-token (``all_with_zero_adv``: tokens with A = 0 are predicted not to move, but they do)."""
+SUBSETS = ("all", *QUADRANTS, "all_with_zero_adv", "states")
+"""Subsets of the table: ``all`` (valid tokens with A != 0), the four quadrants of method.md, every valid token
+(``all_with_zero_adv``: tokens with A = 0 are predicted not to move, but they do), and ``states``: one point per
+distinct state holding a token with A != 0, its prediction the sum over those tokens (the G samples of a prompt share
+their first states, so one realized change answers several tokens' predictions; to first order they add)."""
 
 CELL_KEYS = ["stage", "checkpoint_step", "optimizer", "lr"]
 TABLE_COLUMNS = [*CELL_KEYS, "estimator", "subset", "n", "pearson", "spearman", "scale", "mse", "mse_zero",
@@ -216,6 +218,20 @@ def entropy_change_step(
 
 
 # ------------------------------------------------------------------------------------------------- the tables
+@torch.no_grad()
+def state_ids(batch: PolicyBatch) -> Tensor:
+    """(N, T) long: equal exactly where two response tokens are sampled at the same state s_t (the same prompt and
+    the same earlier response tokens), e.g. t = 0 for all G samples of a prompt. Ids are t * N + (prefix id < N)."""
+    n, t_max = batch.response_mask.shape
+    _, prefix = torch.unique(batch.input_ids[:, : batch.prompt_len], dim=0, return_inverse=True)  # (N,) prompt id
+    out = torch.empty(n, t_max, dtype=torch.long, device=prefix.device)
+    for t in range(t_max):
+        out[:, t] = t * n + prefix
+        pair = torch.stack([prefix, batch.response_ids[:, t]], dim=1)  # (N, 2): the state and its sampled token
+        _, prefix = torch.unique(pair, dim=0, return_inverse=True)  # (N,) id of the prefix through token t
+    return out
+
+
 def token_frame(
     batch: PolicyBatch,
     predictions: dict[str, Tensor],
@@ -224,7 +240,8 @@ def token_frame(
     stage: str,
     checkpoint_step: int,
 ) -> pd.DataFrame:
-    """One row per valid token and optimizer cell (columns as ``docs/algorithms.md`` lists them).
+    """One row per valid token and optimizer cell (columns as ``docs/algorithms.md`` lists them; ``state`` is
+    ``state_ids``: equal for tokens sampled at the same state).
 
     Args:
         batch: the scored batch; ``old_logp``/``old_entropy`` are log p and H before the step (N, T).
@@ -237,11 +254,12 @@ def token_frame(
     adv = _token_adv(batch.advantages, batch.old_logp)
     quadrant = np.full(rows.numel(), "zero", dtype=object)
     for q, m in quadrant_masks(batch.old_logp, batch.old_entropy, adv, batch.response_mask).items():
-        quadrant[m[valid].cpu().numpy()] = q
+        quadrant[m[valid].numpy()] = q
     before = batch.old_entropy[valid]  # (M,)
     base = {
-        "row": rows.cpu().numpy(), "t": ts.cpu().numpy(), "advantage": adv[valid].double().cpu().numpy(),
-        "logp": batch.old_logp[valid].double().cpu().numpy(), "entropy_before": before.double().cpu().numpy(),
+        "row": rows.numpy(), "t": ts.numpy(), "state": state_ids(batch)[valid].numpy(),
+        "advantage": adv[valid].double().numpy(), "logp": batch.old_logp[valid].double().numpy(),
+        "entropy_before": before.double().numpy(),
     }  # fmt: skip
     preds = {f"pred_{k}": v.cpu()[valid].double().numpy() for k, v in predictions.items()}
     frames = []
@@ -262,14 +280,25 @@ def estimator_names(frame: pd.DataFrame) -> list[str]:
 
 
 def subset_mask(frame: pd.DataFrame, subset: str) -> np.ndarray:
-    """Bool (rows,) of ``frame``'s tokens in ``subset`` (one of ``SUBSETS``)."""
-    if subset == "all":
+    """Bool (rows,) of ``frame``'s tokens in ``subset`` (one of ``SUBSETS``; ``states`` selects the tokens of
+    ``all``, which ``subset_values`` then sums per state)."""
+    if subset in ("all", "states"):
         return (frame["advantage"] != 0).to_numpy()
     if subset == "all_with_zero_adv":
         return np.ones(len(frame), dtype=bool)
     if subset in QUADRANTS:
         return (frame["quadrant"] == subset).to_numpy()
     raise KeyError(f"unknown subset {subset!r}; valid names: {', '.join(SUBSETS)}")
+
+
+def subset_values(cell: pd.DataFrame, pred_column: str, subset: str) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, realized change) of one optimizer cell's ``subset``, (n,) each: per token, or for ``states``
+    per distinct state (the sum of its tokens' predictions, and the state's change)."""
+    rows = cell[subset_mask(cell, subset)]
+    if subset != "states":
+        return rows[pred_column].to_numpy(), rows["realized"].to_numpy()
+    per_state = rows.groupby("state", sort=False).agg(pred=(pred_column, "sum"), real=("realized", "mean"))
+    return per_state["pred"].to_numpy(), per_state["real"].to_numpy()
 
 
 def agreement(pred: np.ndarray, real: np.ndarray) -> dict[str, float]:
@@ -287,19 +316,17 @@ def estimator_table(frame: pd.DataFrame, subsets: Sequence[str] = SUBSETS) -> pd
     """Statistics of every estimator against the realized change, per (stage, checkpoint_step, optimizer, lr),
     estimator and subset: rows = cells x estimators x subsets, columns ``TABLE_COLUMNS``.
 
-    ``scale`` is the least-squares c of c * pred ~ realized on that subset and ``mse`` the MSE after it; ``mse_zero``
-    = mean(realized^2) is the MSE of predicting no change.
+    ``n`` counts tokens (states for ``states``); ``scale`` is the least-squares c of c * pred ~ realized on that
+    subset and ``mse`` the MSE after it; ``mse_zero`` = mean(realized^2) is the MSE of predicting no change.
     """
     names = estimator_names(frame)
     out = []
     for key, cell in frame.groupby(CELL_KEYS, sort=False):
-        real = cell["realized"].to_numpy()
         for name in names:
-            pred = cell[f"pred_{name}"].to_numpy()
             for subset in subsets:
-                m = subset_mask(cell, subset)
+                pred, real = subset_values(cell, f"pred_{name}", subset)
                 out.append({**dict(zip(CELL_KEYS, key)), "estimator": name, "subset": subset,
-                            **agreement(pred[m], real[m])})  # fmt: skip
+                            **agreement(pred, real)})  # fmt: skip
     return pd.DataFrame(out, columns=TABLE_COLUMNS)
 
 
