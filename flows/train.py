@@ -17,6 +17,7 @@ from steer.config import RunConfig
 from steer.diagnostics import logp_mismatch, rollout_metrics
 from steer.rollout_store import remove_steps_after
 from steer.runtime import DataOrder, derive_seed, open_runtime
+from steer.tracking import closing_run
 from steer.verifiers import VERIFIERS
 from tasks.data import prepare_data, prepare_policy, read_problems
 from tasks.evaluate import evaluate_policy
@@ -45,8 +46,8 @@ def train(config: RunConfig) -> dict:
         stack.callback(rt.close)
         remove_steps_after(out / "rollouts", rt.start_step - 1)  # steps past the checkpoint are redone
         scorer = stack.enter_context(VERIFIERS.get(config.verifier)())
-        tracker = MlflowTracker(out, experiment=config.experiment, run_name=f"{config.algorithm.name}-s{config.seed}")
-        stack.callback(tracker.close)
+        run_name = f"{config.algorithm.name}-s{config.seed}"
+        tracker = stack.enter_context(closing_run(MlflowTracker(out, experiment=config.experiment, run_name=run_name)))
         if not tracker.resumed:
             tracker.log_params(config.model_dump(mode="json"))
         data = DataOrder(train_set, config.rollout.prompts_per_step, config.seed)

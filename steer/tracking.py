@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Protocol, SupportsFloat, runtime_checkable
 
 METRIC_NAME = re.compile(r"[a-z0-9_/.\-]+")
@@ -79,6 +80,22 @@ class NullTracker:
 
     def close(self, status: str = "FINISHED") -> None:
         pass
+
+
+@contextmanager
+def closing_run(tracker: Tracker) -> Iterator[Tracker]:
+    """Close ``tracker``'s run when the block ends: FINISHED when it completes, FAILED on an error, KILLED on an
+    interrupt (Ctrl-C, SIGTERM turned into an exception by Prefect, ``SystemExit``), so that a run cut short never
+    reads as finished in the tracking UI."""
+    try:
+        yield tracker
+    except Exception:
+        tracker.close("FAILED")
+        raise
+    except BaseException:
+        tracker.close("KILLED")
+        raise
+    tracker.close("FINISHED")
 
 
 def sanitize_metric_name(name: str) -> str:

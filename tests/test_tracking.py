@@ -181,3 +181,29 @@ def test_retries_transient_errors_only():
     with pytest.raises(MlflowException, match="bad value"):
         with_retries(invalid, attempts=4, base_delay=0.0)
     assert len(calls) == 1
+
+
+class _StatusRecorder(NullTracker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: list[str] = []
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.statuses.append(status)
+
+
+@pytest.mark.parametrize(
+    ("error", "status"), [(None, "FINISHED"), (RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")]
+)
+def test_closing_run_records_how_the_run_ended(error, status):
+    from steer.tracking import closing_run
+
+    rec = _StatusRecorder()
+    try:
+        with closing_run(rec) as t:
+            assert t is rec
+            if error is not None:
+                raise error()
+    except BaseException as e:  # noqa: BLE001  (the block's own error, re-raised by closing_run)
+        assert isinstance(e, error)
+    assert rec.statuses == [status]
