@@ -18,7 +18,6 @@ makes? The paper's Table 1 protocol (method.md, "Measuring the estimator"), at s
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import pandas as pd
@@ -28,22 +27,33 @@ from flows.train import train
 from steer.rollout.base import make_rollout_engine
 from steer.runtime import DataOrder, derive_seed, resolve_device
 from steer.studies.config import EstimatorStudyConfig
-from steer.studies.estimator import ENTROPY_CHANGE_ESTIMATORS, cell_table, estimator_table, predict, token_frame
+from steer.studies.estimator import cell_table, estimator_table, token_frame
+from steer.tracking import closing_run
 from steer.verifiers import VERIFIERS
 from tasks.data import prepare_data, prepare_policy, read_problems
 from tasks.rl import generate_rollouts, score_rollouts
-from tasks.study import load_stage_policy, log_study, optimizer_step, resolve_stages, study_batch, write_study
+from tasks.study import (
+    load_stage_policy,
+    log_study,
+    optimizer_step,
+    predict_changes,
+    resolve_stages,
+    study_batch,
+    write_study,
+)
 from tasks.tracking import MlflowTracker, tracking_uri_env
 
 
 @flow(name="steer-estimator-study", log_prints=True, persist_result=False)
 def estimator_study(config: EstimatorStudyConfig = EstimatorStudyConfig()) -> dict:  # noqa: B008 (Prefect's form)
     """Measure every estimator against one real optimizer step per cell, at every stage. Returns the table rows,
-    where the files are, and the MLflow run ids."""
+    where the files are, the wall times and the MLflow run ids."""
     out = Path(config.output_dir)
     source = config.check()  # every setting validated before anything starts
+    t0 = time.perf_counter()
+    timing: dict[str, float] = {}
     tracker = MlflowTracker(out, experiment=config.experiment, run_name=f"estimator-study-{out.name}")
-    try:
+    with closing_run(tracker):  # FINISHED, FAILED, or KILLED when interrupted
         try:
             tracker.log_params(config.params())  # a rerun with other settings fails here, before any work
         except ValueError as e:
@@ -54,24 +64,20 @@ def estimator_study(config: EstimatorStudyConfig = EstimatorStudyConfig()) -> di
             ) from None
 
         # 1. the source run (its MLflow run in the study's store)
-        t0 = time.perf_counter()
-        timing: dict[str, float] = {}
         with tracking_uri_env(tracker.tracking_uri):
             summary = train.with_options(flow_run_name=f"estimator-study-source-{out.name}")(source)
         tracker.set_tags({"steer.source_run_id": summary["mlflow_run_id"], "steer.source_dir": str(config.source_dir)})
         timing["source_run"] = time.perf_counter() - t0
-        print(f"source run: {summary['steps']} steps ({timing['source_run']:.0f} s; resumed from step "
-              f"{summary['resumed_from']})")  # fmt: skip
+        print(f"source run: {summary['steps']} steps, resumed from step {summary['resumed_from']}")
 
-        # 2.-3. per stage: the policy, the study batch, one step per optimizer cell
+        # 2.-3. per stage: the policy, the study batch (same prompts at every stage), one step per optimizer cell
         stages = resolve_stages(config.stages, source, prepare_policy(source.model))
         train_set = read_problems(prepare_data(source.data, str(config.source_dir))["train"])
         b = config.prompts or source.rollout.prompts_per_step
         problems = DataOrder(train_set, b, derive_seed(config.seed, "estimator-study-prompts", 0)).batch(0)
         device = resolve_device(source.model.device)
-        frames, steps_metrics = [], []
-        with ExitStack() as stack:
-            scorer = stack.enter_context(VERIFIERS.get(source.verifier)())
+        frames, step_metrics = [], []
+        with VERIFIERS.get(source.verifier)() as scorer:
             for st in stages:
                 t1 = time.perf_counter()
                 model, tokenizer = load_stage_policy(st, device)
@@ -80,31 +86,21 @@ def estimator_study(config: EstimatorStudyConfig = EstimatorStudyConfig()) -> di
                 rollout = generate_rollouts(engine, tokenizer, problems, source.rollout, source.data.instruction, seed)
                 scores = score_rollouts(scorer, rollout, problems, source.reward_mode)
                 batch = study_batch(model, tokenizer, rollout, scores["rewards"], source)
-                a = source.algorithm
-                preds = predict(ENTROPY_CHANGE_ESTIMATORS.names(), batch.old_logp, batch.old_logp, batch.old_entropy,
-                                batch.old_entropy, batch.advantages, batch.response_mask, eps_low=a.eps_low,
-                                eps_high=a.eps_high)  # fmt: skip
+                preds = predict_changes(batch, source)
                 results = [optimizer_step(model, batch, source, cell) for cell in config.optimizers]
-                frames.append(token_frame(batch.to("cpu"), preds, results, stage=st.stage, checkpoint_step=st.step))
-                steps_metrics += [{"stage": st.stage, "checkpoint_step": st.step, "optimizer": r.optimizer,
-                                   "lr": r.lr, **r.metrics} for r in results]  # fmt: skip
+                frames.append(token_frame(batch, preds, results, stage=st.stage, checkpoint_step=st.step))
+                step_metrics += [{"stage": st.stage, "checkpoint_step": st.step, "optimizer": r.optimizer,
+                                  "lr": r.lr, **r.metrics} for r in results]  # fmt: skip
                 engine.close()
-                del model, engine, batch, results
                 timing[f"stage_{st.stage}"] = time.perf_counter() - t1
-                print(f"stage {st.stage} (step {st.step}): {len(config.optimizers)} cells, "
-                      f"{timing[f'stage_{st.stage}']:.0f} s")  # fmt: skip
 
         # 4. tables, files, MLflow
         frame = pd.concat(frames, ignore_index=True)
         table = estimator_table(frame)
-        cells = cell_table(frame, steps_metrics)
+        cells = cell_table(frame, step_metrics)
         paths = write_study(frame, table, cells, str(out))
         log_study(tracker, table, cells, paths)
         timing["total"] = time.perf_counter() - t0
-    except BaseException:
-        tracker.close("FAILED")
-        raise
-    tracker.close()
     return {
         "table": table.to_dict("records"),
         "cells": cells.to_dict("records"),

@@ -23,9 +23,11 @@ from steer.config import RunConfig
 from steer.rollout.base import RolloutBatch
 from steer.studies.config import OptimizerCell
 from steer.studies.estimator import (
+    ENTROPY_CHANGE_ESTIMATORS,
     StepResult,
     cell_label,
     entropy_change_step,
+    predict,
     score_states,
     table_markdown,
 )
@@ -101,6 +103,15 @@ def study_batch(
         autocast_dtype=_autocast(cfg),
     )  # fmt: skip
     return batch
+
+
+@task(name="predict-changes", cache_policy=NO_CACHE)
+def predict_changes(batch: PolicyBatch, cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """Every estimator's prediction (N, T) on the scored batch; the policy scored it, so p = p_old and H = H_old."""
+    a = cfg.algorithm
+    return predict(ENTROPY_CHANGE_ESTIMATORS.names(), batch.old_logp, batch.old_logp, batch.old_entropy,
+                   batch.old_entropy, batch.advantages, batch.response_mask, eps_low=a.eps_low,
+                   eps_high=a.eps_high)  # fmt: skip
 
 
 @task(name="optimizer-step", retries=0, cache_policy=NO_CACHE)
