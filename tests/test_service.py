@@ -199,7 +199,7 @@ def test_deploy_and_run_training_through_a_server_and_process_worker(service):
             nightly = client.read_deployment_by_name("steer-ablate/lambda-min-nightly")
             names = {dep.name for dep in client.read_deployments()}
     assert flow_run.state.is_completed(), (flow_run.state, (d / "svc" / "worker.log").read_text()[-4000:])
-    assert names == {"train", "evaluate", "ablation", "lambda-min-nightly"}
+    assert names == {"train", "evaluate", "ablation", "lambda-min-nightly", "estimator-study"}
     assert [s.active for s in nightly.schedules] == [False] and nightly.schedules[0].schedule.cron == "0 2 * * *"
     assert nightly.parameter_openapi_schema["properties"]["config"]  # a typed form
     assert finished_steps(out / "rollouts") == [0, 1]
