@@ -18,9 +18,6 @@ subflows run, so that every tracker opens the same store.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from mlflow import MlflowClient
 from prefect import flow, task
@@ -31,21 +28,7 @@ from flows.train import train
 from steer.ablation import AblationConfig, Job
 from tasks.data import prepare_policy
 from tasks.report import ARM_TAG, ARMS_TAG, SEED_TAG, build_report, log_weight_histogram
-from tasks.tracking import MlflowTracker, with_retries
-
-
-@contextmanager
-def tracking_uri_env(uri: str) -> Iterator[None]:
-    """Point ``MLFLOW_TRACKING_URI`` (read by the training flow's tracker) at ``uri``, restoring it afterwards."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before
+from tasks.tracking import MlflowTracker, tracking_uri_env, with_retries
 
 
 def parent_params(config: AblationConfig) -> dict[str, str]:
