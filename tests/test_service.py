@@ -117,7 +117,15 @@ def test_mlflow_server_serves_runs_metrics_and_report_over_http(mlflow_server, t
 def test_deployments_yaml_is_typed_and_the_train_form_starts_from_the_tiny_preset():
     spec = yaml.safe_load(DEPLOYMENTS.read_text())
     by_name = {d["name"]: d for d in spec["deployments"]}
-    assert set(by_name) == {"train", "evaluate", "ablation", "lambda-min-nightly", "estimator-study"}
+    assert set(by_name) == {
+        "train",
+        "evaluate",
+        "ablation",
+        "lambda-min-nightly",
+        "estimator-study",
+        "study-collapse",
+        "study-sensitivity",
+    }
     assert {d["entrypoint"] for d in by_name.values()} == {
         "flows/train.py:train", "flows/evaluate.py:evaluate", "flows/ablate.py:ablate",
         "flows/estimator_study.py:estimator_study"}  # fmt: skip
@@ -137,6 +145,11 @@ def test_deployments_yaml_is_typed_and_the_train_form_starts_from_the_tiny_prese
 
     study = EstimatorStudyConfig(**by_name["estimator-study"]["parameters"]["config"])
     assert study.optimizers == EstimatorStudyConfig().optimizers  # the form shows the calibrated defaults
+    from steer.ablation import STUDIES
+
+    for name, st in STUDIES.items():  # the study deployments' forms are the studies of `steer study <name>`
+        form = AblationConfig(**by_name[f"study-{name}"]["parameters"]["config"])
+        assert form.arms == list(st.arms) and form.seeds == list(st.seeds) and form.preset == st.preset, name
     step = spec["pull"][0]["prefect.deployments.steps.set_working_directory"]
     assert step == {"directory": "{{ $STEER_ROOT }}"}
 
@@ -199,7 +212,15 @@ def test_deploy_and_run_training_through_a_server_and_process_worker(service):
             nightly = client.read_deployment_by_name("steer-ablate/lambda-min-nightly")
             names = {dep.name for dep in client.read_deployments()}
     assert flow_run.state.is_completed(), (flow_run.state, (d / "svc" / "worker.log").read_text()[-4000:])
-    assert names == {"train", "evaluate", "ablation", "lambda-min-nightly", "estimator-study"}
+    assert names == {
+        "train",
+        "evaluate",
+        "ablation",
+        "lambda-min-nightly",
+        "estimator-study",
+        "study-collapse",
+        "study-sensitivity",
+    }
     assert [s.active for s in nightly.schedules] == [False] and nightly.schedules[0].schedule.cron == "0 2 * * *"
     assert nightly.parameter_openapi_schema["properties"]["config"]  # a typed form
     assert finished_steps(out / "rollouts") == [0, 1]
