@@ -1,5 +1,6 @@
-"""Prefect tasks of the estimator study: which policy each stage measures, the study batch, one optimizer step per
-cell, and the outputs (Parquet, tables, PNGs, MLflow). Thin wrappers around ``steer.studies``.
+"""Prefect tasks of the estimator study: whether the source run is finished, which policy each stage measures, the
+study batch, one optimizer step per cell, and the outputs (Parquet, tables, PNGs, MLflow). Thin wrappers around
+``steer.studies``.
 
 Loading a policy touches the disk or the hub, so it retries; the optimizer step works on a copy of the policy and is
 a pure function of its inputs, but it is the expensive part and is not retried (a rerun of the study redoes it).
@@ -18,25 +19,30 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from steer.advantages import compute_advantages
-from steer.checkpoint import list_checkpoints
+from steer.checkpoint import latest_checkpoint, list_checkpoints
 from steer.config import RunConfig
 from steer.rollout.base import RolloutBatch
 from steer.studies.config import OptimizerCell
 from steer.studies.estimator import (
+    CELL_KEYS,
     ENTROPY_CHANGE_ESTIMATORS,
     StepResult,
     cell_label,
     entropy_change_step,
     predict,
     score_states,
+    summary_markdown,
     table_markdown,
 )
 from steer.studies.plots import scatter_figure
 from steer.update import PolicyBatch, build_policy_batch
-from tasks.tracking import MlflowTracker
+from tasks.tracking import RUN_ID_FILE, MlflowTracker
 
 TABLE_STATS = ("n", "pearson", "spearman", "scale", "mse", "mse_zero", "sign_agreement")
-"""The estimator table's statistics, each logged as ``estimator/<cell>/<estimator>[/<subset>]/<stat>``."""
+"""The estimator table's statistics, each logged (the mean over rollout batches) as
+``estimator/<cell>/<estimator>[/<subset>]/<stat>``."""
+CELL_STATS = ("mean_abs_realized", "mean_realized", "nonlinearity", "param_delta_norm")
+"""The cell table's columns logged (the mean over rollout batches) as ``estimator/<cell>/<column>``."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,17 @@ class StagePolicy:
     stage: str
     step: int
     path: str
+
+
+@task(name="finished-source-run", cache_policy=NO_CACHE)
+def finished_source_run(cfg: RunConfig) -> str | None:
+    """The MLflow run id of the source run in ``cfg.output_dir`` when it is finished (a complete checkpoint of step
+    ``cfg.steps`` and a recorded run id), else None: then the training flow has to run (or resume) it."""
+    out = Path(cfg.output_dir)
+    last = latest_checkpoint(out / "checkpoints")
+    if last is None or int(last.name.removeprefix("step-")) < cfg.steps or not (out / RUN_ID_FILE).exists():
+        return None
+    return (out / RUN_ID_FILE).read_text().strip()
 
 
 @task(name="resolve-stages", cache_policy=NO_CACHE)
@@ -129,9 +146,13 @@ def _replace(tmp: Path, path: Path) -> str:
 
 
 @task(name="write-study", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def write_study(frame: pd.DataFrame, table: pd.DataFrame, cells: pd.DataFrame, output_dir: str) -> dict[str, Any]:
-    """``tokens.parquet``, ``estimator_table.csv``/``.md``, ``cells.csv`` and ``scatter/<cell>.png`` (one figure
-    per optimizer cell), each written to a temporary name and renamed. Returns their paths."""
+def write_study(
+    frame: pd.DataFrame, table: pd.DataFrame, summary: pd.DataFrame, cells: pd.DataFrame, output_dir: str
+) -> dict[str, Any]:
+    """``tokens.parquet``, ``estimator_table.csv``/``.md`` (per batch), ``estimator_summary.csv``/``.md`` (over
+    batches; the markdown shows the ``all`` and ``states`` subsets), ``cells.csv`` and ``scatter/<cell>.png`` (one
+    figure per optimizer cell, the batches pooled), each written to a temporary name and renamed. Returns their
+    paths."""
     out = Path(output_dir)
     (out / "scatter").mkdir(parents=True, exist_ok=True)
     paths: dict[str, Any] = {}
@@ -141,6 +162,10 @@ def write_study(frame: pd.DataFrame, table: pd.DataFrame, cells: pd.DataFrame, o
     paths["table_csv"] = _replace(out / "estimator_table.csv.tmp", out / "estimator_table.csv")
     (out / "estimator_table.md.tmp").write_text(table_markdown(table))
     paths["table_md"] = _replace(out / "estimator_table.md.tmp", out / "estimator_table.md")
+    summary.to_csv(out / "estimator_summary.csv.tmp", index=False)
+    paths["summary_csv"] = _replace(out / "estimator_summary.csv.tmp", out / "estimator_summary.csv")
+    (out / "estimator_summary.md.tmp").write_text(summary_markdown(summary))
+    paths["summary_md"] = _replace(out / "estimator_summary.md.tmp", out / "estimator_summary.md")
     cells.to_csv(out / "cells.csv.tmp", index=False)
     paths["cells_csv"] = _replace(out / "cells.csv.tmp", out / "cells.csv")
     paths["scatter"] = []
@@ -153,10 +178,12 @@ def write_study(frame: pd.DataFrame, table: pd.DataFrame, cells: pd.DataFrame, o
 
 
 def study_metrics(table: pd.DataFrame, cells: pd.DataFrame) -> dict[int, dict[str, float]]:
-    """checkpoint step -> metrics: ``estimator/<cell>/<estimator>/<stat>`` on subset ``all``,
-    ``estimator/<cell>/<estimator>/<subset>/<stat>`` on the others, and ``estimator/<cell>/<column>`` of the cell
-    table. NaN (an undefined statistic) is left out."""
+    """checkpoint step -> metrics, each the mean over the rollout batches where it is defined:
+    ``estimator/<cell>/<estimator>/<stat>`` on subset ``all``, ``estimator/<cell>/<estimator>/<subset>/<stat>`` on the
+    others, and ``estimator/<cell>/<column>`` of the cell table. NaN (undefined in every batch) is left out."""
     out: dict[int, dict[str, float]] = {}
+    table = table.groupby([*CELL_KEYS, "estimator", "subset"], sort=False)[list(TABLE_STATS)].mean().reset_index()
+    cells = cells.groupby(CELL_KEYS, sort=False)[list(CELL_STATS)].mean().reset_index()
     for rec in table.to_dict("records"):
         prefix = f"estimator/{cell_label(rec['optimizer'], rec['lr'])}/{rec['estimator']}"
         prefix += "" if rec["subset"] == "all" else f"/{rec['subset']}"
@@ -165,7 +192,7 @@ def study_metrics(table: pd.DataFrame, cells: pd.DataFrame) -> dict[int, dict[st
     for rec in cells.to_dict("records"):
         prefix = f"estimator/{cell_label(rec['optimizer'], rec['lr'])}"
         metrics = out.setdefault(int(rec["checkpoint_step"]), {})
-        for col in ("mean_abs_realized", "mean_realized", "nonlinearity", "param_delta_norm"):
+        for col in CELL_STATS:
             if not math.isnan(float(rec[col])):
                 metrics[f"{prefix}/{col}"] = float(rec[col])
     return out
@@ -176,7 +203,7 @@ def log_study(tracker: MlflowTracker, table: pd.DataFrame, cells: pd.DataFrame, 
     """Metrics per checkpoint step, and the files as artifacts (``tables/``, ``scatter/``, ``tokens/``)."""
     for step, metrics in sorted(study_metrics(table, cells).items()):
         tracker.log_metrics(metrics, step=step)
-    for key in ("table_csv", "table_md", "cells_csv"):
+    for key in ("table_csv", "table_md", "summary_csv", "summary_md", "cells_csv"):
         tracker.log_artifact(paths[key], "tables")
     for png in paths["scatter"]:
         tracker.log_artifact(png, "scatter")

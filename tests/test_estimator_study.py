@@ -1,6 +1,6 @@
 """The estimator study (the paper's Table 1 protocol): statistics against scipy, the estimators on hand tensors, one
-real optimizer step on the tiny policy at exactly the same states, a tabular-like sanity case, the tables, config
-errors, and the flow end to end through Prefect and MLflow."""
+real optimizer step on the tiny policy at exactly the same states, a tabular-like sanity case, the tables and their
+summary over rollout batches, config errors, and the flow end to end through Prefect and MLflow."""
 
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ from scipy import stats as sp
 from steer.algorithms import get_algorithm
 from steer.losses import _token_cov
 from steer.reweighting import estimate_entropy_change
-from steer.studies.config import EstimatorStudyConfig, OptimizerCell
+from steer.runtime import derive_seed
+from steer.studies.config import EstimatorStudyConfig, OptimizerCell, rollout_seed
 from steer.studies.estimator import (
     ENTROPY_CHANGE_ESTIMATORS,
     SUBSETS,
+    SUMMARY_COLUMNS,
     TABLE_COLUMNS,
     cell_table,
     entropy_change_step,
@@ -32,13 +34,15 @@ from steer.studies.estimator import (
     predict,
     score_states,
     state_ids,
+    summary_markdown,
+    summary_table,
     token_frame,
 )
 from steer.studies.stats import fit_scale_mse, pearson, rankdata, sign_agreement, spearman
 from steer.update import build_policy_batch
 
 ESTIMATORS = ENTROPY_CHANGE_ESTIMATORS.names()
-TOKEN_COLUMNS = ["stage", "checkpoint_step", "optimizer", "lr", "row", "t", "state", "advantage", "logp",
+TOKEN_COLUMNS = ["stage", "checkpoint_step", "batch", "optimizer", "lr", "row", "t", "state", "advantage", "logp",
                  "entropy_before", "entropy_after", "realized", "quadrant",
                  *(f"pred_{n}" for n in ESTIMATORS)]  # fmt: skip
 
@@ -271,23 +275,65 @@ def test_token_frame_and_table_shapes(tiny):
              for o, lr in [("sgd", 1e-3), ("sgd", 1e-2)]]  # fmt: skip
     one = token_frame(batch, preds, steps, stage="start", checkpoint_step=0)
     n_valid = int(batch.response_mask.sum())
-    assert list(one.columns) == TOKEN_COLUMNS and len(one) == 2 * n_valid
+    assert list(one.columns) == TOKEN_COLUMNS and len(one) == 2 * n_valid and (one.batch == 0).all()
     assert {"pos_high", "neg_high", "neg_low", "zero"} <= set(one.quadrant) <= {*SUBSETS[1:5], "zero"}
     assert (one.loc[one.quadrant == "zero", "advantage"] == 0).all()
-    frame = pd.concat([one, one.assign(stage="end", checkpoint_step=2)], ignore_index=True)
+    two = pd.concat([one, one.assign(batch=1)], ignore_index=True)  # two rollout batches (the same tokens here)
+    frame = pd.concat([two, two.assign(stage="end", checkpoint_step=2)], ignore_index=True)
     table = estimator_table(frame)
     assert list(table.columns) == TABLE_COLUMNS
-    assert len(table) == 2 * 2 * len(ESTIMATORS) * len(SUBSETS)  # stages x cells x estimators x subsets
-    first = table[(table.stage == "start") & (table.lr == 1e-3) & (table.estimator == "first_order")]
-    first = first.set_index("subset")
+    assert len(table) == 2 * 2 * 2 * len(ESTIMATORS) * len(SUBSETS)  # stages x batches x cells x estimators x subsets
+    summary = summary_table(table)
+    assert list(summary.columns) == SUMMARY_COLUMNS and (summary.batches == 2).all()
+    assert len(summary) == 2 * 2 * len(ESTIMATORS) * len(SUBSETS)  # the batches pooled
+    first = table[(table.stage == "start") & (table.batch == 0) & (table.lr == 1e-3)]
+    first = first[first.estimator == "first_order"].set_index("subset")
     assert first.loc["all", "n"] == (one.advantage != 0).sum() / 2
     assert first.loc["all_with_zero_adv", "n"] == n_valid
     states = one[(one.lr == 1e-3) & (one.advantage != 0)].state.nunique()
     assert first.loc["states", "n"] == states < first.loc["all", "n"]  # the G samples share their first states
     assert sum(first.loc[q, "n"] for q in SUBSETS[1:5]) == first.loc["all", "n"]
     cells = cell_table(frame, [])
-    assert len(cells) == 4 and cells.nonlinearity.isna().sum() == 2  # the smallest lr is each stage's reference
+    assert len(cells) == 8 and cells.nonlinearity.isna().sum() == 4  # the smallest lr: each stage's and batch's ref
     assert (cells.mean_abs_realized > 0).all()
+
+
+def test_summary_is_the_mean_and_t_interval_over_batches():
+    rng = np.random.default_rng(0)
+    rows = []
+    for stage, step in [("start", 0), ("end", 5)]:
+        for b in range(3):
+            for subset in ("all", "states", "pos_high"):
+                mse_zero = rng.uniform(1, 2)
+                rows.append({"stage": stage, "checkpoint_step": step, "batch": b, "optimizer": "sgd", "lr": 1e-3,
+                             "estimator": "first_order", "subset": subset, "n": 100 + b, "pearson": rng.uniform(-1, 1),
+                             "spearman": rng.uniform(-1, 1), "scale": 1.0, "mse": rng.uniform(0, 2) * mse_zero,
+                             "mse_zero": mse_zero, "sign_agreement": 0.5})  # fmt: skip
+    rows[-1]["spearman"] = float("nan")  # undefined in one batch: the summary uses the other two
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    summary = summary_table(table)
+    assert len(summary) == 2 * 3 and list(summary.columns) == SUMMARY_COLUMNS
+    for rec in summary.to_dict("records"):
+        per_batch = table[(table.stage == rec["stage"]) & (table.subset == rec["subset"])]
+        assert rec["batches"] == 3 and rec["n"] == pytest.approx(101.0)
+        for stat, values in [("pearson", per_batch.pearson), ("spearman", per_batch.spearman),
+                             ("mse_ratio", per_batch.mse / per_batch.mse_zero)]:  # fmt: skip
+            x = values.dropna().to_numpy()
+            low, high = sp.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=sp.sem(x))
+            assert rec[stat] == pytest.approx(np.mean(x)) and rec[f"{stat}_ci"] == pytest.approx((high - low) / 2)
+    md = summary_markdown(summary).splitlines()
+    assert md[0].endswith("| pearson | spearman | mse / mse_zero |") and len(md) == 2 + 2 * 2  # all, states only
+    first = summary.iloc[0]
+    assert f"| {first.pearson:.3f} ± {first.pearson_ci:.3f} |" in md[2]
+    one = summary_markdown(summary_table(table[table.batch == 0])).splitlines()[2]
+    assert "±" not in one  # one batch: the mean alone
+
+
+def test_batch_zero_keeps_the_single_batch_seed():
+    for step in (0, 20, 50):
+        assert rollout_seed(7, step, 0) == derive_seed(7, "estimator-study", step)
+    seeds = {rollout_seed(7, step, b) for step in (0, 20) for b in range(4)}
+    assert len(seeds) == 8  # independent streams per stage and batch
 
 
 # ------------------------------------------------------------------------------------------------ config errors
@@ -300,7 +346,15 @@ def test_config_errors_name_the_field_and_the_valid_values():
         EstimatorStudyConfig(optimizers=[OptimizerCell(name="sgd", lr=1e-3)] * 2)
     with pytest.raises(ValidationError, match="overrides: output_dir"):
         EstimatorStudyConfig(overrides={"output_dir": "x"})
+    with pytest.raises(ValidationError, match="batches"):
+        EstimatorStudyConfig(batches=0)
+    with pytest.raises(ValidationError, match="source_dir: the source run needs its own folder"):
+        EstimatorStudyConfig(output_dir="runs/x", source_dir="runs/x/")
     assert EstimatorStudyConfig(stages=["start", "10"]).stages == ["start", 10]
+    assert EstimatorStudyConfig(output_dir="runs/x").source_config().output_dir == str(Path("runs/x/run"))
+    assert EstimatorStudyConfig(output_dir="runs/x", source_dir="runs/y/run").source_config().output_dir == str(
+        Path("runs/y/run")
+    )
 
 
 def test_cli_rejects_bad_values_before_prefect_starts(capsys, tmp_path):
@@ -313,6 +367,7 @@ def test_cli_rejects_bad_values_before_prefect_starts(capsys, tmp_path):
         ("--stages", "start,begin"): "stages: Value error, stage 'begin' is not one of: start, middle, end",
         ("--stages", "7"): "stages: [7] are not checkpoint steps of the source run",
         ("--set", "optim.lrr=1"): "optim.lrr: unknown setting",
+        ("--batches", "0"): "batches: Input should be greater than or equal to 1",
     }
     for flags, message in cases.items():
         assert main([*base, *flags]) == 2
@@ -337,31 +392,39 @@ def test_the_flow_end_to_end_and_a_rerun_reuses_the_source_run(prefect_harness, 
     from steer.cli import main
 
     out = tmp_path / "study"
-    argv = ["study", "estimator", "--output-dir", str(out), "--optimizers", "sgd:1e-3,adamw:1e-4",
+    argv = ["study", "estimator", "--output-dir", str(out), "--optimizers", "sgd:1e-3,adamw:1e-4", "--batches", "2",
             *(f"--set={k}={v}" for k, v in SOURCE.items())]  # fmt: skip
     before = os.environ.get("MLFLOW_TRACKING_URI")
     assert main(argv) == 0
     assert os.environ.get("MLFLOW_TRACKING_URI") == before
     printed = capsys.readouterr().out
-    assert "first_order" in printed and "covariance_npg" in printed
+    assert "first_order" in printed and "covariance_npg" in printed and " ± " in printed
 
     tokens = pd.read_parquet(out / "tokens.parquet")
     assert list(tokens.columns) == TOKEN_COLUMNS
     assert sorted(set(zip(tokens.stage, tokens.checkpoint_step))) == [("end", 2), ("middle", 1), ("start", 0)]
-    assert set(zip(tokens.optimizer, tokens.lr)) == {("sgd", 1e-3), ("adamw", 1e-4)}
+    assert set(zip(tokens.optimizer, tokens.lr)) == {("sgd", 1e-3), ("adamw", 1e-4)} and set(tokens.batch) == {0, 1}
     table = pd.read_csv(out / "estimator_table.csv")
-    assert len(table) == 3 * 2 * len(ESTIMATORS) * len(SUBSETS)
-    assert (out / "estimator_table.md").read_text().startswith("| stage | checkpoint_step |")
+    assert len(table) == 3 * 2 * 2 * len(ESTIMATORS) * len(SUBSETS)  # stages x batches x cells x estimators x subsets
+    assert (out / "estimator_table.md").read_text().startswith("| stage | checkpoint_step | batch |")
+    summary = pd.read_csv(out / "estimator_summary.csv")
+    assert len(summary) == 3 * 2 * len(ESTIMATORS) * len(SUBSETS) and (summary.batches == 2).all()
+    assert (out / "estimator_summary.md").read_text().startswith("| stage | checkpoint_step | optimizer |")
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     run_id = (out / "mlflow_run_id").read_text().strip()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["optimizers"] == "sgd:0.001,adamw:0.0001"
+    assert run.data.params["batches"] == "2" and run.data.params["source_dir"] == str(out / "run")
     artifacts = {f.path for d in ("tables", "scatter", "tokens") for f in client.list_artifacts(run_id, d)}
-    assert {"tables/estimator_table.csv", "tables/estimator_table.md", "tables/cells.csv", "scatter/sgd_0.001.png",
-            "scatter/adamw_0.0001.png", "tokens/tokens.parquet"} <= artifacts  # fmt: skip
+    assert {"tables/estimator_table.csv", "tables/estimator_table.md", "tables/estimator_summary.csv",
+            "tables/estimator_summary.md", "tables/cells.csv", "scatter/sgd_0.001.png", "scatter/adamw_0.0001.png",
+            "tokens/tokens.parquet"} <= artifacts  # fmt: skip
     history = client.get_metric_history(run_id, "estimator/sgd_0.001/first_order/spearman")
     assert sorted(m.step for m in history) == [0, 1, 2]
+    rows = table[(table.checkpoint_step == 2) & (table.lr == 1e-3) & (table.estimator == "first_order")]
+    logged = {m.step: m.value for m in history}
+    assert logged[2] == pytest.approx(rows[rows.subset == "all"].spearman.mean())  # the mean over batches
     assert "estimator/adamw_0.0001/covariance/pos_high/n" in run.data.metrics
     source_id = (out / "run" / "mlflow_run_id").read_text().strip()
     assert run.data.tags["steer.source_run_id"] == source_id
@@ -372,13 +435,22 @@ def test_the_flow_end_to_end_and_a_rerun_reuses_the_source_run(prefect_harness, 
     config = EstimatorStudyConfig(
         output_dir=str(out),
         overrides=SOURCE,
-        stages=["end"],
+        batches=2,
         optimizers=[OptimizerCell(name="sgd", lr=1e-3), OptimizerCell(name="adamw", lr=1e-4)],
     )
     with pytest.raises(ValueError, match="holds a study made with other settings"):
-        estimator_study(config)  # another study in the same folder: refused, nothing redone
-    result = estimator_study(config.model_copy(update={"stages": ["start", "middle", "end"]}))
+        estimator_study(config.model_copy(update={"batches": 1}))  # another study in the same folder: refused
+    result = estimator_study(config)
     assert result["mlflow_run_id"] == run_id and result["source_run_id"] == source_id
     assert ckpt.stat().st_mtime_ns == stamp  # the finished source run was reused, not retrained
     pd.testing.assert_frame_equal(pd.read_parquet(result["tokens"]), tokens)  # and the study is reproducible
     assert Path(result["scatter"][0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a one-batch study of the same source run, in another folder: its batch is batch 0 of the two-batch study
+    one = estimator_study(config.model_copy(update={"output_dir": str(tmp_path / "one"), "source_dir": str(out / "run"),
+                                                   "batches": 1, "stages": ["end"]}))  # fmt: skip
+    assert one["source_run_id"] == source_id and ckpt.stat().st_mtime_ns == stamp
+    batch0 = tokens[(tokens.stage == "end") & (tokens.batch == 0)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(one["tokens"]), batch0)
+    table0 = table[(table.stage == "end") & (table.batch == 0)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.read_csv(one["table_csv"]), table0)

@@ -28,11 +28,15 @@ def estimator_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a source-run setting, e.g. --set steps=20 --set optim.lr=1e-4")  # fmt: skip
     p.add_argument("--output-dir", default="runs/estimator-study",
                    help="study folder; the source run trains in <output-dir>/run and is reused on a rerun")  # fmt: skip
+    p.add_argument("--source-dir", help="folder of the source run (default <output-dir>/run); a finished run there, "
+                   "e.g. another study's, is measured without training again")  # fmt: skip
     p.add_argument("--stages", default="start,middle,end",
                    help="comma-separated: start, middle, end, checkpoint steps (default start,middle,end)")  # fmt: skip
     p.add_argument("--optimizers", help="comma-separated name:lr cells, e.g. sgd:1e-3,adamw:1e-4 (default: SGD "
                    "1e-3/1e-2/1e-1 and AdamW 1e-6/1e-4/1e-3)")  # fmt: skip
     p.add_argument("--prompts", type=int, help="prompts in the study batch (default: the preset's prompts_per_step)")
+    p.add_argument("--batches", type=int, default=3, help="independent rollout batches per stage; the summary "
+                   "gives the mean and a 95%% t-interval over them (default 3)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the study's prompts and rollouts (default 0)")
     p.add_argument("--experiment", default="steer-estimator-study", help="MLflow experiment of the study run")
 
@@ -52,8 +56,8 @@ def estimator_config(args: argparse.Namespace):
                 f"--optimizers {item!r}: write name:lr pairs separated by commas, e.g. sgd:1e-3,adamw:1e-4"
             ) from None
     fields = dict(preset=args.preset, overrides=parse_overrides(args.overrides), output_dir=args.output_dir,
-                  stages=_list(args.stages), prompts=args.prompts, seed=args.seed,
-                  experiment=args.experiment)  # fmt: skip
+                  source_dir=args.source_dir, stages=_list(args.stages), prompts=args.prompts,
+                  batches=args.batches, seed=args.seed, experiment=args.experiment)  # fmt: skip
     if cells:
         fields["optimizers"] = cells
     return EstimatorStudyConfig(**fields)
@@ -76,8 +80,9 @@ def estimator_run(args: argparse.Namespace) -> int:
     from flows.estimator_study import estimator_study
 
     result = estimator_study(config)
-    print_all_rows(result["table"])
-    print(f"tokens: {result['tokens']}  table: {result['table_md']}  cells: {result['cells_csv']}")
+    print_all_rows(result["summary"])
+    print(f"tokens: {result['tokens']}  table: {result['table_md']}  summary: {result['summary_md']}  "
+          f"cells: {result['cells_csv']}")  # fmt: skip
     print(f"scatter plots: {', '.join(result['scatter'])}")
     print(f"MLflow run: {result['mlflow_run_id']}  ({result['tracking_uri']})")
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result["timing"].items()))
@@ -85,21 +90,24 @@ def estimator_run(args: argparse.Namespace) -> int:
 
 
 def print_all_rows(rows: list[dict]) -> None:
-    """The ``all`` rows of the estimator table (valid tokens with A != 0), one line per stage, cell and estimator."""
+    """The ``all`` rows of the estimator summary (valid tokens with A != 0), one line per stage, cell and estimator:
+    mean ± the 95% t-interval's half-width over the rollout batches."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="estimator vs realized entropy change (tokens with A != 0)")
-    for col in ("stage", "step", "optimizer", "lr", "estimator", "n", "pearson", "spearman", "mse", "mse_zero",
-                "sign"):  # fmt: skip
+    from steer.studies.estimator import SUMMARY_STATS, mean_ci
+
+    batches = max((r["batches"] for r in rows), default=0)
+    table = Table(title=f"estimator vs realized entropy change (tokens with A != 0; mean ± 95% CI over {batches} "
+                  "rollout batches)")  # fmt: skip
+    for col in ("stage", "step", "optimizer", "lr", "estimator", "n", "pearson", "spearman", "mse / mse_zero"):
         table.add_column(col, justify="left" if col in ("stage", "optimizer", "estimator") else "right", no_wrap=True)
     for r in rows:
         if r["subset"] != "all":
             continue
         table.add_row(
-            str(r["stage"]), str(r["checkpoint_step"]), r["optimizer"], f"{r['lr']:g}", r["estimator"], str(r["n"]),
-            f"{r['pearson']:.3f}", f"{r['spearman']:.3f}", f"{r['mse']:.3g}", f"{r['mse_zero']:.3g}",
-            f"{r['sign_agreement']:.3f}",
+            str(r["stage"]), str(r["checkpoint_step"]), r["optimizer"], f"{r['lr']:g}", r["estimator"], f"{r['n']:.0f}",
+            *(mean_ci(r[s], r[f"{s}_ci"]) for s in SUMMARY_STATS),
         )  # fmt: skip
     console = Console()
     Console(width=max(console.width, 120)).print(table)  # never squeeze the names (pipes and logs get 80 columns)

@@ -16,8 +16,10 @@ Pieces, torch and pandas only:
   that the states before and after the step are scored by exactly the same computation.
 - ``entropy_change_step``: one optimizer step of the plain clipped GRPO objective on a copy of the policy (the caller's
   model is not touched), then the entropies after it.
-- ``token_frame`` / ``estimator_table``: the per-token table (one row per valid token and optimizer cell) and the
-  statistics per (stage, optimizer cell, estimator, subset).
+- ``token_frame`` / ``estimator_table``: the per-token table (one row per valid token, rollout batch and optimizer
+  cell) and the statistics per (stage, rollout batch, optimizer cell, estimator, subset).
+- ``summary_table``: per (stage, optimizer cell, estimator, subset), the mean over rollout batches and the half-width
+  of its 95% Student-t interval (``steer.report.summary.t_interval``) of pearson, spearman and mse / mse_zero.
 
 Departure from the protocol as the paper states it: the step is taken in eval mode (no dropout), so the realized
 change comes from the parameters alone and lr = 0 realizes exactly 0; the predicted gradient is the dropout-free one.
@@ -37,6 +39,7 @@ from torch import Tensor
 
 from steer.algorithms import AlgorithmConfig
 from steer.registry import Registry
+from steer.report.summary import t_interval
 from steer.reweighting import QUADRANTS, estimate_entropy_change, quadrant_masks
 from steer.studies.stats import fit_scale_mse, pearson, sign_agreement, spearman
 from steer.update import PolicyBatch, policy_update, score_batch
@@ -51,8 +54,16 @@ distinct state holding a token with A != 0, its prediction the sum over those to
 their first states, so one realized change answers several tokens' predictions; to first order they add)."""
 
 CELL_KEYS = ["stage", "checkpoint_step", "optimizer", "lr"]
-TABLE_COLUMNS = [*CELL_KEYS, "estimator", "subset", "n", "pearson", "spearman", "scale", "mse", "mse_zero",
+"""One optimizer cell at one stage: the summary's rows (with estimator and subset), pooling the rollout batches."""
+BATCH_KEYS = ["stage", "checkpoint_step", "batch", "optimizer", "lr"]
+"""One optimizer cell's step on one rollout batch: the estimator table's and the cell table's rows."""
+TABLE_COLUMNS = [*BATCH_KEYS, "estimator", "subset", "n", "pearson", "spearman", "scale", "mse", "mse_zero",
                  "sign_agreement"]  # fmt: skip
+SUMMARY_STATS = ("pearson", "spearman", "mse_ratio")
+"""The summary's statistics over batches; ``mse_ratio`` = mse / mse_zero of a batch (below 1: better than predicting
+no change)."""
+SUMMARY_COLUMNS = [*CELL_KEYS, "estimator", "subset", "batches", "n",
+                   *(c for s in SUMMARY_STATS for c in (s, f"{s}_ci"))]  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------- estimators
@@ -239,14 +250,17 @@ def token_frame(
     *,
     stage: str,
     checkpoint_step: int,
+    batch_index: int = 0,
 ) -> pd.DataFrame:
     """One row per valid token and optimizer cell (columns as ``docs/algorithms.md`` lists them; ``state`` is
-    ``state_ids``: equal for tokens sampled at the same state).
+    ``state_ids``: equal for tokens sampled at the same state of this batch).
 
     Args:
         batch: the scored batch; ``old_logp``/``old_entropy`` are log p and H before the step (N, T).
         predictions: estimator name -> (N, T), as ``predict`` returns; column ``pred_<name>``.
         steps: the cells' results on this batch.
+        batch_index: which of the stage's rollout batches this is (column ``batch``; ``row`` and ``state`` are
+            within it).
     """
     batch = batch.to("cpu")
     valid = batch.response_mask.bool()
@@ -266,7 +280,8 @@ def token_frame(
     for s in steps:
         after = s.entropy_after.cpu()[valid]  # (M,)
         frames.append(pd.DataFrame({
-            "stage": stage, "checkpoint_step": checkpoint_step, "optimizer": s.optimizer, "lr": s.lr, **base,
+            "stage": stage, "checkpoint_step": checkpoint_step, "batch": batch_index, "optimizer": s.optimizer,
+            "lr": s.lr, **base,
             "entropy_after": after.double().cpu().numpy(),
             "realized": (after - before).double().cpu().numpy(),  # in the scoring dtype: exactly 0 when unchanged
             "quadrant": quadrant, **preds,
@@ -313,21 +328,57 @@ def agreement(pred: np.ndarray, real: np.ndarray) -> dict[str, float]:
 
 
 def estimator_table(frame: pd.DataFrame, subsets: Sequence[str] = SUBSETS) -> pd.DataFrame:
-    """Statistics of every estimator against the realized change, per (stage, checkpoint_step, optimizer, lr),
-    estimator and subset: rows = cells x estimators x subsets, columns ``TABLE_COLUMNS``.
+    """Statistics of every estimator against the realized change, per (stage, checkpoint_step, batch, optimizer,
+    lr), estimator and subset: rows = stages x batches x cells x estimators x subsets, columns ``TABLE_COLUMNS``.
 
     ``n`` counts tokens (states for ``states``); ``scale`` is the least-squares c of c * pred ~ realized on that
     subset and ``mse`` the MSE after it; ``mse_zero`` = mean(realized^2) is the MSE of predicting no change.
     """
     names = estimator_names(frame)
     out = []
-    for key, cell in frame.groupby(CELL_KEYS, sort=False):
+    for key, cell in frame.groupby(BATCH_KEYS, sort=False):
         for name in names:
             for subset in subsets:
                 pred, real = subset_values(cell, f"pred_{name}", subset)
-                out.append({**dict(zip(CELL_KEYS, key)), "estimator": name, "subset": subset,
+                out.append({**dict(zip(BATCH_KEYS, key)), "estimator": name, "subset": subset,
                             **agreement(pred, real)})  # fmt: skip
     return pd.DataFrame(out, columns=TABLE_COLUMNS)
+
+
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The estimator table over rollout batches: one row per (stage, optimizer cell, estimator, subset), columns
+    ``SUMMARY_COLUMNS``. ``batches`` counts the table's rows of the group, ``n`` is their mean n; ``<stat>`` is the
+    mean over the batches where the statistic is defined and ``<stat>_ci`` the half-width of its 95% Student-t
+    interval, t_{0.975, k-1} s / sqrt(k) over those k batches (NaN when k < 2)."""
+    keys = [*CELL_KEYS, "estimator", "subset"]
+    per_batch = table.assign(mse_ratio=table["mse"] / table["mse_zero"])
+    out = []
+    for key, rows in per_batch.groupby(keys, sort=False):
+        rec = {**dict(zip(keys, key)), "batches": len(rows), "n": float(rows["n"].mean())}
+        for stat in SUMMARY_STATS:
+            rec[stat], rec[f"{stat}_ci"] = t_interval(rows[stat].tolist())
+        out.append(rec)
+    return pd.DataFrame(out, columns=SUMMARY_COLUMNS)
+
+
+def mean_ci(mean: float, ci: float, digits: int = 3) -> str:
+    """``0.412 ± 0.031``; the mean alone when the interval is undefined (one batch), ``nan`` when the mean is."""
+    if math.isnan(mean):
+        return "nan"
+    return f"{mean:.{digits}f}" if math.isnan(ci) else f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+
+def summary_markdown(summary: pd.DataFrame, subsets: Sequence[str] = ("all", "states")) -> str:
+    """The summary's ``subsets`` rows as a GitHub markdown table, each statistic one "mean ± ci" cell."""
+    rows = summary[summary["subset"].isin(subsets)]
+    head = [*CELL_KEYS, "estimator", "subset", "batches", "n", "pearson", "spearman", "mse / mse_zero"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows.to_dict("records"):
+        cells = [str(r["stage"]), str(r["checkpoint_step"]), r["optimizer"], f"{r['lr']:g}", r["estimator"],
+                 r["subset"], str(r["batches"]), f"{r['n']:.0f}",
+                 *(mean_ci(r[s], r[f"{s}_ci"]) for s in SUMMARY_STATS)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def table_markdown(table: pd.DataFrame, digits: int = 3) -> str:
@@ -347,17 +398,18 @@ def table_markdown(table: pd.DataFrame, digits: int = 3) -> str:
 
 
 def cell_table(frame: pd.DataFrame, step_metrics: Sequence[dict]) -> pd.DataFrame:
-    """One row per (stage, optimizer cell): how far the step moved the entropy and whether it was still first-order.
+    """One row per (stage, rollout batch, optimizer cell): how far the step moved the entropy and whether it was
+    still first-order.
 
-    Columns: ``CELL_KEYS``, ``mean_abs_realized`` and ``mean_realized`` (over valid tokens), ``nonlinearity`` =
+    Columns: ``BATCH_KEYS``, ``mean_abs_realized`` and ``mean_realized`` (over valid tokens), ``nonlinearity`` =
     ||d/lr - d0/lr0|| / ||d0/lr0|| with d the realized change per token and d0 that of the smallest positive lr of the
-    same optimizer at the same stage (about 0 in the first-order regime, about 1 when the step is far beyond it; NaN
-    for the reference cell itself and for lr = 0), and ``param_delta_norm``, ``grad_norm``, ``clipfrac`` from
-    ``step_metrics`` (one dict per cell with the ``CELL_KEYS`` and ``StepResult.metrics``).
+    same optimizer at the same stage and batch (about 0 in the first-order regime, about 1 when the step is far beyond
+    it; NaN for the reference cell itself and for lr = 0), and ``param_delta_norm``, ``grad_norm``, ``clipfrac`` from
+    ``step_metrics`` (one dict per cell and batch with the ``BATCH_KEYS`` and ``StepResult.metrics``).
     """
-    extra = {tuple(m[k] for k in CELL_KEYS): m for m in step_metrics}
+    extra = {tuple(m[k] for k in BATCH_KEYS): m for m in step_metrics}
     rows = []
-    for (stage, step, opt), group in frame.groupby(["stage", "checkpoint_step", "optimizer"], sort=False):
+    for (stage, step, b, opt), group in frame.groupby(["stage", "checkpoint_step", "batch", "optimizer"], sort=False):
         per_lr = {lr: cell["realized"].to_numpy() for lr, cell in group.groupby("lr", sort=False)}
         positive = sorted(lr for lr in per_lr if lr > 0)
         ref = per_lr[positive[0]] / positive[0] if positive else None
@@ -365,8 +417,8 @@ def cell_table(frame: pd.DataFrame, step_metrics: Sequence[dict]) -> pd.DataFram
             nonlin = float("nan")
             if ref is not None and lr > positive[0] and np.linalg.norm(ref) > 0:
                 nonlin = float(np.linalg.norm(d / lr - ref) / np.linalg.norm(ref))
-            m = extra.get((stage, step, opt, lr), {})
-            rows.append({"stage": stage, "checkpoint_step": step, "optimizer": opt, "lr": lr,
+            m = extra.get((stage, step, b, opt, lr), {})
+            rows.append({"stage": stage, "checkpoint_step": step, "batch": b, "optimizer": opt, "lr": lr,
                          "mean_abs_realized": float(np.abs(d).mean()), "mean_realized": float(d.mean()),
                          "nonlinearity": nonlin, "param_delta_norm": m.get("param_delta_norm", float("nan")),
                          "grad_norm": m.get("actor/grad_norm", float("nan")),

@@ -3,7 +3,8 @@
 Rows are stages, columns estimators. Each panel plots c * prediction (c: the least-squares scale fitted on the
 ``all`` subset, so that every estimator is on the realized change's scale) against the realized change, one point per
 valid token, coloured by quadrant (tokens with A = 0 in grey), with the line y = x and the panel's Pearson r and
-Spearman rho on ``all``. matplotlib's object API (``Figure``, no pyplot): no global state, safe in threads.
+Spearman rho on ``all``. The rollout batches of a stage are pooled: every batch's tokens, and c, r and rho the means
+over the batches. matplotlib's object API (``Figure``, no pyplot): no global state, safe in threads.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def scatter_figure(cell: pd.DataFrame, table: pd.DataFrame, title: str) -> Figur
     """Scatter panels for one optimizer cell.
 
     Args:
-        cell: the token frame's rows of one (optimizer, lr), any number of stages.
+        cell: the token frame's rows of one (optimizer, lr), any number of stages and rollout batches.
         table: the estimator table (``estimator_table``), for the fitted scale and the correlations.
         title: the figure's title (the cell, e.g. ``sgd lr=0.001``).
     """
@@ -41,7 +42,7 @@ def scatter_figure(cell: pd.DataFrame, table: pd.DataFrame, title: str) -> Figur
             opt, lr = rows["optimizer"].iloc[0], rows["lr"].iloc[0]
             stat = table[(table.stage == stage) & (table.estimator == name) & (table.subset == "all")
                          & (table.optimizer == opt) & (table.lr == lr)]  # fmt: skip
-            scale = float(stat["scale"].iloc[0]) if len(stat) else float("nan")
+            scale = float(stat["scale"].mean()) if len(stat) else float("nan")  # over batches (NaN skipped)
             pred = rows[f"pred_{name}"].to_numpy() * (0.0 if math.isnan(scale) else scale)
             for q, color in QUADRANT_COLORS.items():
                 m = (rows["quadrant"] == q).to_numpy()
@@ -52,7 +53,7 @@ def scatter_figure(cell: pd.DataFrame, table: pd.DataFrame, title: str) -> Figur
             ax.axhline(0, color="k", lw=0.3)
             ax.axvline(0, color="k", lw=0.3)
             if len(stat):
-                r, rho = float(stat["pearson"].iloc[0]), float(stat["spearman"].iloc[0])
+                r, rho = float(stat["pearson"].mean()), float(stat["spearman"].mean())
                 ax.set_title(f"{name}: r={r:.2f}, rho={rho:.2f}, c={scale:.2g}", fontsize=9)
             if j == 0:
                 ax.set_ylabel(f"{stage} (step {step})\nrealized dH")
