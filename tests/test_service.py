@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 SCRIPT = ROOT / "scripts" / "service.sh"
 DEPLOYMENTS = ROOT / "deployments" / "prefect.yaml"
+DEPLOYMENT_NAMES = {"train", "evaluate", "ablation", "lambda-min-nightly", "estimator-study", "study-collapse",
+                    "study-sensitivity"}  # fmt: skip
 
 
 def free_port() -> int:
@@ -117,15 +119,7 @@ def test_mlflow_server_serves_runs_metrics_and_report_over_http(mlflow_server, t
 def test_deployments_yaml_is_typed_and_the_train_form_starts_from_the_tiny_preset():
     spec = yaml.safe_load(DEPLOYMENTS.read_text())
     by_name = {d["name"]: d for d in spec["deployments"]}
-    assert set(by_name) == {
-        "train",
-        "evaluate",
-        "ablation",
-        "lambda-min-nightly",
-        "estimator-study",
-        "study-collapse",
-        "study-sensitivity",
-    }
+    assert set(by_name) == DEPLOYMENT_NAMES
     assert {d["entrypoint"] for d in by_name.values()} == {
         "flows/train.py:train", "flows/evaluate.py:evaluate", "flows/ablate.py:ablate",
         "flows/estimator_study.py:estimator_study"}  # fmt: skip
@@ -212,15 +206,7 @@ def test_deploy_and_run_training_through_a_server_and_process_worker(service):
             nightly = client.read_deployment_by_name("steer-ablate/lambda-min-nightly")
             names = {dep.name for dep in client.read_deployments()}
     assert flow_run.state.is_completed(), (flow_run.state, (d / "svc" / "worker.log").read_text()[-4000:])
-    assert names == {
-        "train",
-        "evaluate",
-        "ablation",
-        "lambda-min-nightly",
-        "estimator-study",
-        "study-collapse",
-        "study-sensitivity",
-    }
+    assert names == DEPLOYMENT_NAMES
     assert [s.active for s in nightly.schedules] == [False] and nightly.schedules[0].schedule.cron == "0 2 * * *"
     assert nightly.parameter_openapi_schema["properties"]["config"]  # a typed form
     assert finished_steps(out / "rollouts") == [0, 1]

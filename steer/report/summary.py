@@ -123,8 +123,8 @@ def table_markdown(table: pd.DataFrame) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines.append("")
     lines.append("mean ± half-width of the 95% t-interval over seeds; accuracy is `eval/accuracy` (held-out), entropy")
-    lines.append("`rollout/entropy` averaged over the last 10% of the steps; entropy drop % = 100 (first - last) / first,")
-    lines.append("with both ends averaged over 10% of the steps.")
+    lines.append("`rollout/entropy` averaged over the last 10% of the steps; entropy drop % = 100 (first - last) /")
+    lines.append("first, with both ends averaged over 10% of the steps.")
     return "\n".join(lines)
 
 
