@@ -7,7 +7,10 @@
 # machine's image lacks) and .devcarry/policy (the tiny policy built here, so both machines start from the same
 # weights). Writes $OUT/report.tgz (PNGs, summary.csv/md, runs.csv, metrics.csv), $OUT/logs.tgz, $OUT/summary.md.
 #
-#   STEPS=300 RUN_TIMEOUT=470 bash bench/device_collapse.sh
+#   STEPS=250 RUN_TIMEOUT=480 bash bench/device_collapse.sh
+# One run step took ~2.45 s there with 12 runs at once. Keep RUN_TIMEOUT + the install (~20 s) + the merge (~30 s)
+# well inside the device call's limit: a call killed at its limit returns nothing from $OUT. docs/results.md's
+# Study 2 ran with RUN_TIMEOUT=520, which stopped the runs at steps 210-215.
 # A quick local check of the script itself (no install, one short run):
 #   SKIP_INSTALL=1 SITE=/nonexistent PY=.venv/bin/python ARMS=grpo SEEDS=0 STEPS=2 OUT=/tmp/dc bash bench/device_collapse.sh
 set -uo pipefail
@@ -33,7 +36,7 @@ transformers.__version__, 'prefect', prefect.__version__, 'mlflow', mlflow.__ver
 start=$(date +%s)
 for arm in $ARMS; do
   for seed in $SEEDS; do
-    PREFECT_HOME=/tmp/prefect-$arm-$seed timeout "${RUN_TIMEOUT:-470}" $PY -m steer.cli study collapse \
+    PREFECT_HOME=/tmp/prefect-$arm-$seed timeout "${RUN_TIMEOUT:-480}" $PY -m steer.cli study collapse \
       --arms "$arm" --seeds "$seed" --steps "$STEPS" --output-dir "$ROOT/$arm-s$seed" \
       --set model.name_or_path=.devcarry/policy >"$ROOT-$arm-s$seed.log" 2>&1 &
   done
