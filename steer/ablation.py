@@ -87,7 +87,6 @@ class Study:
     seeds: tuple[int, ...]
     output_root: str
     experiment: str
-    help: str
 
     def config(self, **changes: Any) -> AblationConfig:
         """The study as an ``AblationConfig``; ``changes`` replace its fields (seeds, steps, overrides, ...)."""
@@ -108,8 +107,6 @@ STUDIES: dict[str, Study] = {
         seeds=(0, 1, 2),
         output_root="runs/study-collapse",
         experiment="steer-study-collapse",
-        help="Does STEER prevent entropy collapse at equal or better accuracy? GRPO, STEER (lambda_min 0.7), "
-        "Clip-Cov and the entropy bonus, 3 seeds each, on the study preset.",
     ),
     "sensitivity": Study(
         arms=(
@@ -120,12 +117,13 @@ STUDIES: dict[str, Study] = {
         seeds=(0, 1, 2),
         output_root="runs/study-sensitivity",
         experiment="steer-study-sensitivity",
-        help="STEER's sensitivity: lambda_min in 0.5..1.0 (1.0 is clip-higher) at the micro-batch normaliser, and "
-        "the mini-batch, rollout-batch and running-max normalisers at lambda_min 0.7, on the study preset.",
     ),
 }
-"""Issue 6's studies 2 and 3 as ablations (``steer study collapse``, ``steer study sensitivity``); docs/results.md
-holds their measured results. Study 1 (the estimator) is its own flow, ``flows/estimator_study.py``."""
+"""Issue 6's studies 2 and 3 as ablations (``steer study collapse``, ``steer study sensitivity``): collapse asks
+whether STEER (lambda_min 0.7) prevents entropy collapse at equal or better accuracy against GRPO, Clip-Cov and the
+entropy bonus; sensitivity sweeps lambda_min 0.5..1.0 (1.0 is clip-higher) at the micro-batch normaliser and the
+mini-batch, rollout-batch and running-max normalisers at 0.7. docs/results.md holds their measured results. Study 1
+(the estimator) is its own flow, ``flows/estimator_study.py``."""
 
 
 def select_arms(names: list[str]) -> list[ArmSpec]:

@@ -12,18 +12,14 @@ from steer.commands.ablate import _list
 
 
 def arguments(name: str) -> Callable[[argparse.ArgumentParser], None]:
-    """The flags of study ``name``; every default is the study's own."""
+    """The flags of study ``name``. Nothing is imported here (``steer --help`` builds every parser): the study's own
+    defaults (arms, seeds, preset, folder) are filled in by ``build_config``."""
 
     def add(p: argparse.ArgumentParser) -> None:
-        from steer.ablation import STUDIES
-
-        study = STUDIES[name]
-        arms = ",".join(a.name for a in study.arms)
-        p.add_argument("--arms", help=f"comma-separated subset of the study's arms (default: all of {arms})")
-        p.add_argument("--seeds", help=f"comma-separated run seeds (default {','.join(map(str, study.seeds))})")
-        p.add_argument("--steps", type=int, help=f"RL steps per run (default: the {study.preset} preset's)")
-        p.add_argument("--output-dir", default=study.output_root,
-                       help=f"root folder (default {study.output_root}); rerunning a folder resumes it")  # fmt: skip
+        p.add_argument("--arms", help="comma-separated subset of the study's arms (default: all of them)")
+        p.add_argument("--seeds", help="comma-separated run seeds (default: the study's, 0,1,2)")
+        p.add_argument("--steps", type=int, help="RL steps per run (default: the study preset's)")
+        p.add_argument("--output-dir", help=f"root folder (default runs/study-{name}); rerunning a folder resumes it")
         p.add_argument("--concurrency", type=int, default=1, help="runs trained at once (default 1)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a run setting for every arm, e.g. --set optim.lr=2e-4")  # fmt: skip
