@@ -38,3 +38,14 @@ def test_bad_flags_exit_2_naming_the_flag(capsys, tmp_path):
     assert main(["study", "collapse", "--set", "optim.lr=-1", "--output-dir", str(tmp_path)]) == 2
     assert "optim.lr" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_building_the_parser_imports_no_torch_prefect_or_mlflow():
+    """`steer --help` builds every sub-command's parser: it must answer at once, without the heavy imports."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from steer.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'prefect', 'mlflow') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
