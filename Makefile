@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: venv demo test test-slow test-all lint bench clean vllm-venv test-vllm
+.PHONY: venv demo test test-unit test-flow test-service test-slow test-all lint bench clean vllm-venv test-vllm
 .PHONY: service-start service-stop service-status service-deploy ablate
 
 venv: $(STAMP)
@@ -28,14 +28,24 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(VENV)/bin/steer train --preset tiny
 
+# Test tiers (tests/conftest.py): `make test` is unit + flow + service, deterministic and under 5 minutes on 2 cores
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --tier unit,flow,service
+
+test-unit: venv
+	$(PY) -m pytest -q --tier unit
+
+test-flow: venv
+	$(PY) -m pytest -q --tier flow
+
+test-service: venv
+	$(PY) -m pytest -q --tier service
 
 test-slow: venv
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q --tier slow
 
 test-all: venv
-	$(PY) -m pytest -q -m 'slow or not slow'
+	$(PY) -m pytest -q --tier unit,flow,service,slow
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -67,7 +77,7 @@ $(VLLM_VENV)/.installed:
 	touch $@
 
 test-vllm: venv vllm-venv
-	$(PY) -m pytest -q -m slow tests/test_rollout_vllm.py
+	$(PY) -m pytest -q --tier slow tests/test_rollout_vllm.py
 
 # Prefect server + process worker + MLflow UI on 127.0.0.1 (docs/service.md); each target stops what it started
 service-start: venv

@@ -1,6 +1,6 @@
-"""``steer ablate`` for real on the embedded default (2 arms x 2 seeds x 2 steps): the parent and child MLflow runs,
-the report files, the Prefect artifact, ``steer report`` re-rendering it from MLflow, and docs/queries.md run on it;
-a rerun resumes, a failing arm fails the flow but not the other arms."""
+"""``steer ablate`` for real on the test-size embedded policy (2 arms x 2 seeds x 2 steps): the parent and child
+MLflow runs, the report files, the Prefect artifact, ``steer report`` re-rendering it from MLflow, and
+docs/queries.md run on it; a rerun resumes, a failing arm fails the flow but not the other arms."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from test_train_flow import SMALL
 
 from steer.cli import main
 from steer.rollout_store import finished_steps
+
+pytestmark = pytest.mark.flow
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = ROOT / "docs" / "queries.md"
@@ -44,7 +46,7 @@ def ablate_argv(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ablation(prefect_harness, tmp_path_factory):
+def ablation(prefect_harness, small_policy, tmp_path_factory):
     root = tmp_path_factory.mktemp("ablation") / "runs"
     before = os.environ.get("MLFLOW_TRACKING_URI")
     assert main(ablate_argv(root)) == 0
@@ -105,7 +107,7 @@ def test_steer_report_rerenders_from_mlflow(ablation, tmp_path, capsys):
 
 def test_docs_queries_run(ablation):
     """Every block of docs/queries.md on the ablation; pandas and DuckDB agree on the quadrant table."""
-    root, _, _ = ablation
+    root, client, _ = ablation
     text = QUERIES.read_text().replace("runs/ablation", str(root))
     before = os.environ.get("MLFLOW_TRACKING_URI")
     scope: dict = {}
@@ -118,7 +120,9 @@ def test_docs_queries_run(ablation):
             os.environ["MLFLOW_TRACKING_URI"] = before
     assert sorted(scope["by_arm"].index) == ARMS and len(scope["runs"]) == 4
     assert set(scope["steer_07"]["tags.steer.arm"]) == {"steer_0.7"}
-    assert (scope["good"]["metrics.eval/accuracy"] > 0.4).all()
+    every = client.search_runs([client.get_experiment_by_name("steer-ablation").experiment_id])
+    above = {r.info.run_id for r in every if r.data.metrics.get("eval/accuracy", 0.0) > 0.4}
+    assert set(scope["good"].run_id) == above  # the documented filter, not the policy's accuracy, is under test
     assert sorted(scope["entropy"].index) == [0, 1] and list(scope["accuracy"].index) == [0, 2]
 
     by_quadrant, per_arm = (duckdb.sql(q).df() for q in re.findall(r"```sql\n(.*?)```", text, flags=re.S))
@@ -152,7 +156,7 @@ class BrokenScorer:
         raise ValueError("injected: this verifier always fails")
 
 
-def test_a_failing_arm_fails_the_flow_but_not_the_other_arms(prefect_harness, tmp_path):
+def test_a_failing_arm_fails_the_flow_but_not_the_other_arms(prefect_harness, small_policy, tmp_path):
     from flows.ablate import ablate
     from steer.ablation import AblationConfig, ArmSpec
     from steer.verifiers import VERIFIERS

@@ -11,6 +11,8 @@ from pydantic import ValidationError
 from steer.ablation import DEFAULT_ARMS, AblationConfig, ArmSpec, select_arms
 from steer.config import ConfigError, load_config
 
+pytestmark = pytest.mark.unit
+
 
 def test_default_arms_are_the_papers_comparison():
     assert [a.name for a in DEFAULT_ARMS] == ["grpo", "clip_higher", "entropy_bonus", "clip_cov", "kl_cov",

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from steer.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
 
+pytestmark = pytest.mark.unit
+
 ESTIMATORS = ["grpo", "drgrpo", "rloo", "opo"]
 
 

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from steer.aggregation import AGGREGATIONS, aggregate
 
+pytestmark = pytest.mark.unit
+
 MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 
 # Row 0: three valid tokens (1, 2, 3); row 1: two valid tokens (4, 5) and padding; row 2: no valid token.

@@ -19,6 +19,8 @@ from steer.data.embedded import ArithmeticTask, heldout_problems, train_problems
 from steer.verifiers.code import verify_code
 from steer.verifiers.math import verify_math
 
+pytestmark = pytest.mark.unit
+
 NAMES = ["aime24", "aime25", "amc23", "champ", "humaneval", "livecodebench_v5", "math500", "minerva_math",
          "olympiadbench", "reasoning_gym_heldout"]  # fmt: skip
 

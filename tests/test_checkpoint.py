@@ -27,6 +27,8 @@ from steer.checkpoint import (  # noqa: E402
     save_checkpoint,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def tiny_model(tie: bool = True, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)

@@ -12,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from steer.data import ArithmeticTask, ColumnMap, heldout_problems, load_problems, train_problems  # noqa: E402
 from steer.data.loaders import KNOWN_COLUMN_MAPS  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 TASK = ArithmeticTask()
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from policies import SMALL_POLICY
 from pydantic import ValidationError
 from scipy import stats as sp
 
@@ -40,6 +41,8 @@ from steer.studies.estimator import (
 )
 from steer.studies.stats import fit_scale_mse, pearson, rankdata, sign_agreement, spearman
 from steer.update import build_policy_batch
+
+pytestmark = pytest.mark.unit
 
 ESTIMATORS = ENTROPY_CHANGE_ESTIMATORS.names()
 TOKEN_COLUMNS = ["stage", "checkpoint_step", "batch", "optimizer", "lr", "row", "t", "state", "advantage", "logp",
@@ -139,29 +142,50 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    """The tiny policy (built once per checkout, cached) and a scored 8 prompts x 8 samples batch of its own."""
+def _rollout_batch(model, tok, *, seed: int, rewards=None):
+    """8 prompts x 8 samples of the policy's own, scored at the rollout policy. ``rewards``: None scores the answers
+    with the math verifier's boxed-answer check; else a function of (group, sample) -> +1 / -1."""
+    from steer.advantages import compute_advantages
     from steer.data import ArithmeticTask, train_problems
-    from steer.models.loading import format_prompt, load_policy, resolve_policy
+    from steer.models.loading import format_prompt
     from steer.rollout.base import make_rollout_engine
-    from steer.runtime import cache_dir
     from steer.verifiers.math import extract_boxed
 
-    model, tok = load_policy(resolve_policy("tiny", cache_dir()))
     problems = train_problems(ArithmeticTask(), 8)
     engine = make_rollout_engine("hf", model=model, tokenizer=tok)
     ro = engine.generate([format_prompt(tok, p["prompt"]) for p in problems], n_samples=8, temperature=1.0,
-                         top_p=1.0, max_new_tokens=12, seed=3)  # fmt: skip
-    correct = [extract_boxed(r) == problems[int(i)]["answer"] for r, i in zip(ro.response_text, ro.group_index)]
-    rewards = torch.tensor([1.0 if c else -1.0 for c in correct])
-    from steer.advantages import compute_advantages
-
-    adv = compute_advantages(rewards, ro.group_index)
+                         top_p=1.0, max_new_tokens=12, seed=seed)  # fmt: skip
+    if rewards is None:
+        answers = [problems[int(i)]["answer"] for i in ro.group_index]
+        values = [1.0 if extract_boxed(r) == a else -1.0 for r, a in zip(ro.response_text, answers, strict=True)]
+    else:
+        values = [rewards(int(g), k % 8) for k, g in enumerate(ro.group_index)]
+    adv = compute_advantages(torch.tensor(values), ro.group_index)
     batch = build_policy_batch(ro.prompt_ids, ro.group_index, ro.response_ids, ro.response_mask, adv,
                                pad_id=tok.pad_token_id)  # fmt: skip
     batch.old_logp, batch.old_entropy = score_states(model, batch, micro_batch_size=32)
-    assert (adv != 0).any() and (adv == 0).any()  # both kinds of token: the subsets differ
+    return batch
+
+
+def _mixed_rewards(group: int, sample: int) -> float:
+    """Groups 0 and 5 all wrong (zero advantage); the others right on a third of their samples."""
+    return -1.0 if group in (0, 5) or (group + sample) % 3 else 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A randomly initialised policy of the embedded recipe (no warm-start: nothing here depends on its skill) and a
+    scored 8 prompts x 8 samples batch of its own, with rewards fixed by (group, sample) so that both kinds of token,
+    zero and non-zero advantage, are there by construction on every machine."""
+    from steer.models.tiny import TinyPolicySpec, build_char_tokenizer, build_tiny_model
+
+    spec = TinyPolicySpec(hidden_size=64, num_layers=2, intermediate_size=128, seed=5)
+    tok = build_char_tokenizer(spec.alphabet, spec.words)
+    model = build_tiny_model(spec, tok)
+    with torch.no_grad():  # sharpen the random model so samples are not near-uniform
+        model.get_input_embeddings().weight.mul_(3.0)
+    batch = _rollout_batch(model, tok, seed=3, rewards=_mixed_rewards)
+    assert (batch.advantages != 0).any() and (batch.advantages == 0).any()
     return model, batch
 
 
@@ -209,19 +233,30 @@ def test_sgd_lr_is_the_step_size(tiny):
     assert s.metrics["actor/optimizer_steps"] == 1
 
 
-def test_first_order_tracks_a_small_sgd_step_on_the_tiny_policy(tiny):
-    """On 8 x 8 samples the first-order Pearson r measured 0.28-0.51 over 8 rollout seeds, the covariance's 0.07-0.18;
-    the bounds keep a wide margin (a real transformer is far from Theorem 1's independent softmax)."""
-    model, batch = tiny
+@pytest.mark.slow
+def test_first_order_tracks_a_small_sgd_step_on_the_tiny_policy():
+    """The statistical check, on the warm-started default policy. That policy is built on the machine, so its numbers
+    vary by machine: one batch's Pearson r was 0.2 on one machine and -0.08 on another. Measured on an AMD EPYC
+    (AVX2) machine over rollout seeds 0-11: first_order's per-batch Pearson 0.20-0.45 (mean 0.33, sd 0.07),
+    covariance's 0.05-0.15, first_order above covariance in 12 of 12. The floors are on the mean of 8 batches
+    (its sd ~0.025 there): Pearson > 0.1, and above the covariance estimator's mean."""
+    from steer.models.loading import load_policy, resolve_policy
+    from steer.runtime import cache_dir
+
+    model, tok = load_policy(resolve_policy("tiny", cache_dir()))
     a = get_algorithm("steer")
-    preds = predict(ESTIMATORS, batch.old_logp, batch.old_logp, batch.old_entropy, batch.old_entropy,
-                    batch.advantages, batch.response_mask, eps_low=a.eps_low, eps_high=a.eps_high)  # fmt: skip
-    step = entropy_change_step(model, batch, a, optimizer="sgd", lr=1e-3, micro_batch_size=32)
-    frame = token_frame(batch, preds, [step], stage="start", checkpoint_step=0)
-    rows = estimator_table(frame).set_index(["estimator", "subset"])
-    assert rows.loc[("first_order", "all"), "pearson"] > 0.15
-    assert rows.loc[("first_order", "all"), "pearson"] > rows.loc[("covariance", "all"), "pearson"]
-    assert rows.loc[("first_order", "all"), "sign_agreement"] > 0.5
+    first, cov = [], []
+    for seed in range(8):
+        batch = _rollout_batch(model, tok, seed=seed)
+        preds = predict(ESTIMATORS, batch.old_logp, batch.old_logp, batch.old_entropy, batch.old_entropy,
+                        batch.advantages, batch.response_mask, eps_low=a.eps_low, eps_high=a.eps_high)  # fmt: skip
+        step = entropy_change_step(model, batch, a, optimizer="sgd", lr=1e-3, micro_batch_size=32)
+        rows = estimator_table(token_frame(batch, preds, [step], stage="start", checkpoint_step=0))
+        rows = rows.set_index(["estimator", "subset"])
+        first.append(rows.loc[("first_order", "all"), "pearson"])
+        cov.append(rows.loc[("covariance", "all"), "pearson"])
+    assert np.mean(first) > 0.1, first
+    assert np.mean(first) > np.mean(cov), (first, cov)
 
 
 # ------------------------------------------------------------------------------------------ tabular-like sanity
@@ -381,11 +416,12 @@ SOURCE = {
     "steps": 2, "checkpoint_every": 1, "data.heldout_size": 16, "data.train_size": 200,
     "rollout.prompts_per_step": 4, "rollout.samples_per_prompt": 4, "rollout.max_new_tokens": 8,
     "optim.mini_batch_prompts": 2, "optim.micro_batch_size": 8, "eval.every": 0, "eval.samples_per_prompt": 1,
-    "eval.max_new_tokens": 8, "model.num_threads": 1,
+    "eval.max_new_tokens": 8, "model.num_threads": 1, "model.name_or_path": SMALL_POLICY,
 }  # fmt: skip
 
 
-def test_the_flow_end_to_end_and_a_rerun_reuses_the_source_run(prefect_harness, tmp_path, capsys):
+@pytest.mark.flow
+def test_the_flow_end_to_end_and_a_rerun_reuses_the_source_run(prefect_harness, small_policy, tmp_path, capsys):
     from mlflow import MlflowClient
 
     from flows.estimator_study import estimator_study

@@ -1,4 +1,5 @@
-"""The evaluation flow for real on CPU: the embedded policy on offline benchmarks, results in Parquet and MLflow."""
+"""The evaluation flow for real on CPU: the test-size embedded policy (tests/policies.py) on offline benchmarks,
+results in Parquet and MLflow."""
 
 import pyarrow.parquet as pq
 import pytest
@@ -7,10 +8,12 @@ from mlflow.tracking import MlflowClient
 from flows.evaluate import evaluate
 from steer.cli import main
 
+pytestmark = pytest.mark.flow
 
-def test_evaluation_flow_writes_generations_and_metrics(prefect_harness, tmp_path):
+
+def test_evaluation_flow_writes_generations_and_metrics(prefect_harness, small_policy, tmp_path):
     out = tmp_path / "eval"
-    results = evaluate(model="tiny", benchmarks=["reasoning_gym_heldout", "champ"], k=2, limit=6, max_new_tokens=10,
+    results = evaluate(model=small_policy, benchmarks=["reasoning_gym_heldout", "champ"], k=2, limit=6, max_new_tokens=10,
                        output_dir=str(out))  # fmt: skip
     rg = results["reasoning_gym_heldout"]
     assert rg["eval/reasoning_gym_heldout/num_problems"] == 6

@@ -14,6 +14,8 @@ from steer.interventions import (
 )
 from steer.losses import POLICY_LOSSES
 
+pytestmark = pytest.mark.unit
+
 
 def test_fork_tokens_keep_the_top_fifth_by_entropy():
     h = torch.tensor([[0.1, 2.0, 0.3, 0.9, 9.0], [1.5, 0.2, 0.0, 0.4, 0.5]])

@@ -16,6 +16,8 @@ import steer.models.loading as loading  # noqa: E402
 from steer.models.loading import format_prompt, load_policy, resolve_policy  # noqa: E402
 from steer.models.tiny import TinyPolicySpec, build_char_tokenizer, ensure_tiny_policy  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 SMALL = TinyPolicySpec(
     hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
     sft_examples=64, sft_steps=2, sft_batch_size=8, eval_problems=4,

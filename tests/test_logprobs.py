@@ -18,6 +18,8 @@ from steer.logprobs import (
     token_logprobs_and_entropy,
 )
 
+pytestmark = pytest.mark.unit
+
 ATOL = 1e-5
 
 

@@ -21,6 +21,8 @@ from steer.losses import (
     ppo_clip_loss,
 )
 
+pytestmark = pytest.mark.unit
+
 F64 = torch.float64
 
 

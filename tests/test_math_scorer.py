@@ -10,6 +10,8 @@ from steer.verifiers import VERIFIERS
 from steer.verifiers.math import MathScorer, verify_math
 from steer.verifiers.pool import WatchdogPool
 
+pytestmark = pytest.mark.unit
+
 RESPONSES = [
     "\\boxed{\\frac{3}{4}}",
     "so it is \\boxed{0.75}",

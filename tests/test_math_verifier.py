@@ -12,6 +12,8 @@ import torch
 
 from steer.verifiers.math import extract_boxed, rewards_from_correct, verify_math
 
+pytestmark = pytest.mark.unit
+
 
 def _xfail(gold: str, pred: str, expected: bool, reason: str):
     return pytest.param(gold, pred, expected, marks=pytest.mark.xfail(strict=True, reason=reason))

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from steer.metrics import avg_at_k, benchmark_metrics, maj_at_k, normalize_answer, pass_at_k
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("n", "c", "k", "expected"),

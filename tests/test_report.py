@@ -19,6 +19,8 @@ from tasks.report import ARMS_TAG, WEIGHT_HIST_ARTIFACT, child_runs, log_weight_
 from tasks.report import rebuild_report as rebuild
 from tasks.tracking import MlflowTracker
 
+pytestmark = pytest.mark.unit
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -148,6 +150,7 @@ def ablation_store(tmp_path_factory):
     return uri, parent
 
 
+@pytest.mark.flow
 def test_report_round_trip_through_mlflow(ablation_store, tmp_path):
     uri, parent = ablation_store
     client = MlflowClient(tracking_uri=uri)
@@ -167,6 +170,7 @@ def test_report_round_trip_through_mlflow(ablation_store, tmp_path):
         child_runs(client, children[0].info.run_id)
 
 
+@pytest.mark.flow
 def test_a_tracker_on_a_shared_sqlite_store_keeps_artifacts_beside_it(ablation_store, tmp_path, monkeypatch):
     uri, parent = ablation_store
     monkeypatch.chdir(tmp_path)  # MLflow's own default would be ./mlruns here

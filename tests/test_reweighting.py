@@ -21,6 +21,8 @@ from steer.reweighting import (
     weight_stats,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_first_order_omega_hand_computed():
     # one token: p = 0.5, p_old = 0.25 (r = 2 -> clipped for A > 0 at eps_high = 0.28), H = 1.0

@@ -14,6 +14,8 @@ from steer.models.tiny import TinyPolicySpec, build_char_tokenizer, build_tiny_m
 from steer.rollout import ROLLOUT_BACKENDS, RolloutEngine, make_rollout_engine  # noqa: E402
 from steer.rollout.hf import HFRolloutEngine, top_p_filter  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 PROMPTS = ["Calculate 4 - 1.\n", "Calculate 37 + 58.\n", "9\n"]  # different lengths: left padding matters
 
 

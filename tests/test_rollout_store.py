@@ -30,6 +30,8 @@ from steer.rollout_store import (
     write_step,
 )
 
+pytestmark = pytest.mark.unit
+
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "rollouts.md"
 
 

@@ -28,6 +28,8 @@ from steer.rollout.vllm_client import ROOT, VLLMRolloutEngine, VLLMWorkerError, 
 from steer.rollout.vllm_worker import recv_message, send_message  # noqa: E402
 from steer.runtime import cache_dir  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 VENV_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 needs_vllm = pytest.mark.skipif(not VENV_PYTHON.exists(), reason=f"no vLLM venv at {VENV_PYTHON}: run `make vllm-venv`")
 PROMPTS = ["Calculate 4 - 1.\n", "Calculate 37 + 58.\n", "9\n"]  # different lengths

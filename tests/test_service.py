@@ -27,6 +27,8 @@ from steer.rollout_store import finished_steps
 from steer.tracking import flatten_params
 from tasks.report import publish_report, rebuild_report
 
+pytestmark = pytest.mark.service
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 SCRIPT = ROOT / "scripts" / "service.sh"
@@ -116,6 +118,7 @@ def test_mlflow_server_serves_runs_metrics_and_report_over_http(mlflow_server, t
 
 
 # ---------------------------------------------------------------------------------------------------- deployments
+@pytest.mark.unit
 def test_deployments_yaml_is_typed_and_the_train_form_starts_from_the_tiny_preset():
     spec = yaml.safe_load(DEPLOYMENTS.read_text())
     by_name = {d["name"]: d for d in spec["deployments"]}
@@ -148,6 +151,7 @@ def test_deployments_yaml_is_typed_and_the_train_form_starts_from_the_tiny_prese
     assert step == {"directory": "{{ $STEER_ROOT }}"}
 
 
+@pytest.mark.unit
 def test_the_run_parameters_in_docs_service_md_are_valid():
     from steer.ablation import AblationConfig
 
@@ -160,7 +164,7 @@ def test_the_run_parameters_in_docs_service_md_are_valid():
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(small_policy, tmp_path_factory):
     """scripts/service.sh start (server, worker, MLflow UI) on free ports with state in a temporary folder; stop."""
     d = tmp_path_factory.mktemp("service")
     env = {

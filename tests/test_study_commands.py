@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from steer.ablation import STUDIES
 from steer.cli import build_parser, main
+
+pytestmark = pytest.mark.unit
 
 
 def _args(argv: list[str]) -> argparse.Namespace:

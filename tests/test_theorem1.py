@@ -1,9 +1,12 @@
 """Theorem 1 under its own assumption: in a tabular softmax policy where only the sampled logit moves, the realized
 entropy change of one SGD step equals (eta / L) * Omega_first_order up to O(eta^2)."""
 
+import pytest
 import torch
 
 from steer.tabular import random_tabular_problem, tabular_step
+
+pytestmark = pytest.mark.unit
 
 
 def _relative_error(step) -> float:

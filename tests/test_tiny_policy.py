@@ -21,6 +21,8 @@ from steer.models.tiny import (  # noqa: E402
     format_tiny_prompt,
 )
 
+pytestmark = pytest.mark.unit
+
 SMALL = TinyPolicySpec(
     hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
     sft_examples=64, sft_steps=3, sft_batch_size=8, eval_problems=8,

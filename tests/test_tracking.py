@@ -20,6 +20,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UN
 from steer.tracking import NullTracker, Tracker, check_metric_names, flatten_params  # noqa: E402
 from tasks.tracking import RUN_ID_FILE, MlflowTracker, with_retries  # noqa: E402
 
+pytestmark = pytest.mark.flow
+
 CONFIG = {"seed": 3, "optim": {"lr": 1e-6, "betas": [0.9, 0.999]}, "steer": {"scope": "mini", "nested": {"k": None}}}
 
 

@@ -1,4 +1,5 @@
-"""The training flow for real: Prefect (a throwaway API), MLflow (SQLite), Parquet, the embedded tiny policy."""
+"""The training flow for real: Prefect (a throwaway API), MLflow (SQLite), Parquet, the embedded tiny policy's recipe
+at test size (tests/policies.py)."""
 
 import os
 import signal
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from policies import SMALL_POLICY
 from transformers import AutoModelForCausalLM
 
 from flows.train import train
@@ -19,6 +21,8 @@ from steer.rollout_store import ROLLOUT_SCHEMA, finished_steps, read_rollouts
 from steer.verifiers import VERIFIERS
 from steer.verifiers.math import MathScorer
 
+pytestmark = pytest.mark.flow
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
     "steps": 3,
@@ -27,6 +31,7 @@ SMALL = {
     "optim": {"mini_batch_prompts": 2, "micro_batch_size": 8, "lr": 1e-4},
     "eval": {"every": 2, "max_new_tokens": 8},
     "data": {"heldout_size": 16, "train_size": 200},
+    "model": {"name_or_path": SMALL_POLICY},  # built by the small_policy fixture
 }
 
 
@@ -41,7 +46,7 @@ def metric_history(run_dir: Path, key: str) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(prefect_harness, tmp_path_factory):
+def finished_run(prefect_harness, small_policy, tmp_path_factory):
     out = tmp_path_factory.mktemp("flow") / "run"
     summary = train(small_config(out))
     return out, summary
@@ -107,7 +112,8 @@ def test_a_transient_scoring_fault_is_retried_and_changes_nothing(finished_run, 
 def _cli(out: Path, steps: int, env: dict) -> list[str]:
     sets = ["checkpoint_every=1", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
             "rollout.max_new_tokens=8", "optim.mini_batch_prompts=2", "optim.micro_batch_size=8", "optim.lr=1e-4",
-            "eval.every=2", "eval.max_new_tokens=8", "data.heldout_size=16", "data.train_size=200"]  # fmt: skip
+            "eval.every=2", "eval.max_new_tokens=8", "data.heldout_size=16", "data.train_size=200",
+            f"model.name_or_path={SMALL_POLICY}"]  # fmt: skip
     cmd = [sys.executable, "-m", "steer.cli", "train", "--preset", "tiny", "--steps", str(steps), "--output-dir",
            str(out)]  # fmt: skip
     for s in sets:

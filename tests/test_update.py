@@ -9,6 +9,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from steer.algorithms import ALGORITHMS, AlgorithmConfig, get_algorithm, policy_objective
 from steer.update import build_policy_batch, policy_update, score_batch
 
+pytestmark = pytest.mark.unit
+
 VOCAB = 40
 
 
