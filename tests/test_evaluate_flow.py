@@ -13,8 +13,10 @@ pytestmark = pytest.mark.flow
 
 def test_evaluation_flow_writes_generations_and_metrics(prefect_harness, small_policy, tmp_path):
     out = tmp_path / "eval"
-    results = evaluate(model=small_policy, benchmarks=["reasoning_gym_heldout", "champ"], k=2, limit=6, max_new_tokens=10,
-                       output_dir=str(out))  # fmt: skip
+    results = evaluate(
+        model=small_policy, benchmarks=["reasoning_gym_heldout", "champ"], k=2, limit=6, max_new_tokens=10,
+        output_dir=str(out),
+    )  # fmt: skip
     rg = results["reasoning_gym_heldout"]
     assert rg["eval/reasoning_gym_heldout/num_problems"] == 6
     assert 0.0 <= rg["eval/reasoning_gym_heldout/pass_at_1"] <= rg["eval/reasoning_gym_heldout/maj_at_2"] + 1
