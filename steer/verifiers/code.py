@@ -248,7 +248,11 @@ def _replay_binds(spec: dict[str, Any], plan: _Plan, outputs: list) -> str | Non
     )
     if run.passed and run.channel == plan.lines + "pass\n":
         return None
-    return "an assert over the output failed" if run.channel.startswith(plan.lines) else "the test did not replay"
+    if run.status == "error" and run.stderr.rstrip().endswith(
+        "AssertionError: a check over the candidate's output failed"
+    ):
+        return "an assert over the output failed"
+    return f"the test did not replay ({run.status}): {run.stderr[-300:]}"
 
 
 def _humaneval(spec: dict[str, Any], response: str, limits: Limits, in_sandbox_fallback: bool) -> SandboxResult:
