@@ -24,7 +24,8 @@ inputs and expected value, which ``A``, ``E`` and ``T`` evaluate to there. Any o
 along, called inside a comprehension of an assert, compared with ``<``) raises ``UnsupportedCheck``; the caller
 may then fall back to running the original check in the sandbox (``steer.verifiers.code``).
 
-All 164 HumanEval problems rewrite (163 into ``eq`` / ``abs`` cases only, HumanEval/32 with ``bind``).
+All 164 HumanEval problems rewrite: 162 use ``eq`` cases, 2 ``abs_lt``, HumanEval/32 ``bind``, HumanEval/33 ``runs``
+(``tests/test_verdict_integrity.py``; docs/verifiers.md).
 """
 
 from __future__ import annotations
