@@ -22,6 +22,9 @@ Here the logits are viewed as ``R = N*T`` rows of length V and processed ``chunk
 This is the chunked, recompute-in-backward scheme of fused cross-entropy kernels (e.g. Liger-Kernel's, Hsu et al.
 2024, arXiv:2410.10989) extended with the entropy, in plain torch; it does not fuse the LM head, so the caller's
 logits and their gradient remain full-size. Double backward is not supported.
+
+Masked vocabularies (some logits -inf, at least one finite per row) give finite log-probs and entropies and a zero
+gradient on the masked entries (``X_FLOOR``); the naive reference gives NaN entropies there.
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ DEFAULT_CHUNK_SIZE = 256
 whatever N*T is (naive at N*T = 4,096: 7.0 GiB forward, 11.6 GiB forward+backward). On an H200
 (bench/bench_logprobs.py, bf16, N*T = 16,384) 256 rows ran at 0.94x (fwd) / 0.77x (fwd+bwd) the naive time;
 512-1024 rows are ~10% faster still at 2-4x the workspace, smaller chunks leave the GPU under-used."""
+
+
+X_FLOOR = -1e4
+"""Where the entropy is computed, shifted scaled logits ``x - max x`` are clamped to at least this (after the sampled
+token's log-prob is read). ``exp`` of anything below about -104 is exactly 0 in fp32, so finite inputs give bitwise
+the same entropy and log-probs, while a masked vocabulary (-inf logits) gives ``p log p = 0`` instead of
+``0 * -inf = NaN`` and a zero gradient there. The sampled token's log-prob is finite whenever its logit is."""
 
 
 def naive_logprobs_and_entropy(
@@ -91,6 +101,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
             row_max[s:e] = chunk.amax(dim=-1)
             x = _scaled_shifted(chunk, row_max[s:e, None], temperature, ws_x[: e - s])  # (C, V) x - max(x)
             logp[s:e] = x.gather(1, tokens[s:e, None]).squeeze(1)  # shifted logit of the token; minus log Z below
+            if with_entropy:
+                x.clamp_(min=X_FLOOR)  # masked (-inf) logits: p log p = 0 * X_FLOOR = 0, not 0 * -inf = NaN
             ex = torch.exp(x, out=ws_e[: e - s]) if with_entropy else x.exp_()  # (C, V) unnormalised probs
             z = ex.sum(dim=-1)  # (C,)
             log_z[s:e] = z.log()
@@ -119,6 +131,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
             e = min(s + chunk_size, rows)
             tok = tokens[s:e, None]  # (C, 1)
             x = _scaled_shifted(logits[s:e], row_max[s:e, None], tau, ws_x[: e - s])  # (C, V) as in forward
+            if g_entropy is not None:
+                x.clamp_(min=X_FLOOR)  # as in forward: a masked logit's gradient is exp(x) * g = 0, not 0 * inf
             lz = log_z[s:e, None]  # (C, 1); p = exp(x) / Z, log p = x - log Z
             gl = g_logp[s:e, None] if g_logp is not None else torch.zeros_like(lz)  # (C, 1)
             # dL/dlogits = (-p * (g_logp + g_H * (log p + H)) + g_logp * onehot(y)) / tau

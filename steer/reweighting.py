@@ -30,6 +30,8 @@ OMEGA_FORMS: Registry = Registry("entropy-change form")
 WEIGHT_MAPS: Registry = Registry("STEER weight map")
 
 LOG_RATIO_CLAMP = 20.0  # method.md: the log-ratio is clamped to [-20, 20] before exp
+P_OLD_FLOOR = 1e-6  # the released Omega form divides by p_old: clamped to at least this (docs/algorithms.md section 5)
+LOG_P_OLD_FLOOR = math.log(P_OLD_FLOOR)
 
 
 def _token_advantages(advantages: Tensor, like: Tensor) -> Tensor:
@@ -58,9 +60,15 @@ def _omega_first_order(logp, old_logp, entropy, adv, *, eps_low, eps_high):
 
 @OMEGA_FORMS.register("released")
 def _omega_released(logp, old_logp, entropy, adv, *, eps_low, eps_high):
-    """Released code: -(A / p_old) p(1-p)(log p + H_old); no clip indicator, H taken under pi_old."""
+    """Released code: -(A / p_old) p(1-p)(log p + H_old); no clip indicator, H taken under pi_old.
+
+    Departs from it in one place: p_old is clamped to at least ``P_OLD_FLOOR`` (log p_old to ``log(P_OLD_FLOOR)``),
+    so 1 / p_old is at most 1e6 and a token with p_old = 0 (log p_old = -inf, e.g. masked at rollout) gives a finite
+    Omega instead of inf or NaN. Identical wherever p_old >= P_OLD_FLOOR.
+    """
     del eps_low, eps_high  # the released code ignores clipping
-    return -adv * (-old_logp).exp() * _omega_core(logp, entropy)
+    inv_p_old = (-old_logp.clamp(min=LOG_P_OLD_FLOOR)).exp()  # 1 / max(p_old, P_OLD_FLOOR)
+    return -adv * inv_p_old * _omega_core(logp, entropy)
 
 
 @torch.no_grad()

@@ -67,6 +67,34 @@ def test_matches_naive_with_large_logits():
         torch.testing.assert_close(g, w, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_size", [1, 4, 64])
+def test_masked_vocabulary_gives_finite_entropy_logprobs_and_grads(dtype, chunk_size):
+    """-inf logits (a masked vocabulary): finite outputs equal to the unmasked sub-vocabulary's, zero grad there."""
+    logits, tokens, w_logp, w_ent = _inputs(v=12)
+    keep = torch.tensor([0, 2, 3, 5, 7, 8, 11])  # 5 of 12 entries masked, in every row
+    tokens = keep[tokens % len(keep)]  # (N, T) sampled tokens are never masked
+    masked = torch.full_like(logits, -math.inf)
+    masked[..., keep] = logits[..., keep]
+    masked = masked.to(dtype)
+    got = _value_and_grads(token_logprobs_and_entropy, masked, tokens, w_logp, w_ent, chunk_size=chunk_size)
+    remap = torch.full((12,), -1, dtype=torch.long)
+    remap[keep] = torch.arange(len(keep))
+    sub = masked.float()[..., keep]  # (N, T, 7) the vocabulary left
+    want = _value_and_grads(naive_logprobs_and_entropy, sub, remap[tokens], w_logp, w_ent)
+    for g in got:
+        assert torch.isfinite(g).all()
+    torch.testing.assert_close(got[0], want[0], atol=ATOL, rtol=0)  # log-probs
+    torch.testing.assert_close(got[1], want[1], atol=ATOL, rtol=0)  # entropies
+    torch.testing.assert_close(
+        got[2][..., keep].float(), want[2], atol=1e-2 if dtype != torch.float32 else ATOL, rtol=0
+    )
+    drop = torch.ones(12, dtype=torch.bool)
+    drop[keep] = False
+    assert (got[2][..., drop] == 0).all()  # no probability mass there, no gradient either
+    assert torch.isnan(naive_logprobs_and_entropy(masked, tokens)[1]).all()  # what the clamp avoids
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_matches_naive_low_precision_input(dtype):
     logits, tokens, w_logp, w_ent = _inputs(dtype=dtype)

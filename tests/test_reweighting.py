@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from steer.reweighting import (
     OMEGA_FORMS,
+    P_OLD_FLOOR,
     WEIGHT_MAPS,
     estimate_entropy_change,
     omega_abs_max,
@@ -46,6 +47,19 @@ def test_released_omega_hand_computed():
     got = estimate_entropy_change(logp, old, h_old, torch.tensor([1.0]), torch.ones(1, 1), form="released")
     expected = -(1.0 / 0.25) * 0.25 * (math.log(0.5) + 0.3)
     assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_released_omega_clamps_p_old_at_its_floor():
+    # Omega = -(A / max(p_old, 1e-6)) p (1-p)(log p + H_old): p_old = 1e-9 and p_old = 0 (log -inf) both divide by
+    # 1e-6; p_old = 2e-6, above the floor, is unchanged
+    logp = torch.full((1, 3), math.log(0.5))
+    old = torch.tensor([[math.log(1e-9), -math.inf, math.log(2e-6)]])
+    h_old = torch.full((1, 3), 0.3)
+    got = estimate_entropy_change(logp, old, h_old, torch.tensor([1.0]), torch.ones(1, 3), form="released")
+    core = 0.25 * (math.log(0.5) + 0.3)  # p (1-p)(log p + H_old) at p = 0.5
+    assert P_OLD_FLOOR == 1e-6
+    assert got[0].tolist() == pytest.approx([-core / 1e-6, -core / 1e-6, -core / 2e-6], rel=1e-5)
+    assert torch.isfinite(got).all()
 
 
 def test_sign_follows_the_four_quadrants():

@@ -10,6 +10,8 @@ Steps:
    root-owned tmpfs holding ``/tmp/sandbox`` (the program's only writable folder), the others read-only empties.
 2. fork; the child sets rlimits, ``PR_SET_NO_NEW_PRIVS``, drops to an unprivileged uid/gid with no groups, and execs
    the program in its folder with a scrubbed environment.
+   A results channel (``channel_fd`` in the config) is moved to fd 3 first, the only fd the program inherits
+   besides 0-2.
 3. the parent (root, out of the program's reach: another uid cannot signal or ptrace it) waits for that child and
    exits with its status (128 + signal number if it was killed). As PID 1 its exit makes the kernel kill every
    process left in the namespace, detached grandchildren included.
@@ -27,6 +29,7 @@ PREFIX = "steer-sandbox:"
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 PR_SET_NO_NEW_PRIVS = 38
 CONFIG_NAME = ".sandbox.cfg"
+CHANNEL_FD = 3
 SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 
 
@@ -85,6 +88,10 @@ def main():
     with open(sys.argv[1], "rb") as f:
         cfg = marshal.loads(f.read())
     os.unlink(sys.argv[1])  # in the fallback mode the program's folder is the host folder: leave nothing in it
+    channel = cfg.get("channel_fd")
+    if channel is not None and channel != CHANNEL_FD:  # the results channel: always fd 3 for the program
+        os.dup2(channel, CHANNEL_FD)  # inheritable: it survives the exec
+        os.close(channel)
     libc = ctypes.CDLL(None, use_errno=True)
     if cfg["private_mounts"]:
         prepare_private_mounts(libc, cfg)

@@ -74,6 +74,9 @@ class SandboxResult:
     stderr: str
     wall_s: float
     truncated: bool = False
+    channel: str = ""  # what the program wrote on fd 3 (``run_program(..., channel=True)`` only)
+    note: str = ""  # why a verifier failed a run that exited 0 (wrong answer, invalid output), else empty
+    fallback: bool = False  # the verdict came from an in-sandbox harness (``steer.verifiers.code``), not the host
 
     @property
     def passed(self) -> bool:
@@ -134,7 +137,9 @@ def _kill_uid(uid: int) -> None:
             continue
 
 
-def _run(source: str, stdin: str, limits: Limits, python: str, namespaces: bool, uid_mode: str) -> SandboxResult:
+def _run(
+    source: str, stdin: str, limits: Limits, python: str, namespaces: bool, uid_mode: str, channel: bool = False
+) -> SandboxResult:
     uid = {"random": _UID_BASE + _RNG.randrange(_UID_SPAN), "nobody": _NOBODY, "none": None}[uid_mode]
     src_dir = tempfile.mkdtemp(prefix="steer-sbx-")
     try:
@@ -156,12 +161,19 @@ def _run(source: str, stdin: str, limits: Limits, python: str, namespaces: bool,
             "env": _scrubbed_env(workdir),
         }
         cfg_path = os.path.join(src_dir, ".sandbox.cfg")
-        with open(cfg_path, "wb") as f:
-            f.write(marshal.dumps(cfg))
         cmd = [python, "-I", "-S", _LAUNCHER, cfg_path]  # the launcher runs as root: any interpreter will do
         if namespaces:
             cmd = [shutil.which("unshare") or "unshare", *_UNSHARE_FLAGS, "--", *cmd]
-        with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fout, tempfile.TemporaryFile() as ferr:
+        with (
+            tempfile.TemporaryFile() as fin,
+            tempfile.TemporaryFile() as fout,
+            tempfile.TemporaryFile() as ferr,
+            tempfile.TemporaryFile() as fchan,
+        ):
+            if channel:  # the launcher moves it to fd 3 before the program starts
+                cfg["channel_fd"] = fchan.fileno()
+            with open(cfg_path, "wb") as f:
+                f.write(marshal.dumps(cfg))
             fin.write(stdin.encode())
             fin.seek(0)
             start = time.monotonic()
@@ -173,6 +185,7 @@ def _run(source: str, stdin: str, limits: Limits, python: str, namespaces: bool,
                 cwd=src_dir,
                 env=_scrubbed_env(src_dir),
                 start_new_session=True,
+                pass_fds=(fchan.fileno(),) if channel else (),
             )
             timed_out = False
             try:
@@ -194,6 +207,7 @@ def _run(source: str, stdin: str, limits: Limits, python: str, namespaces: bool,
                     _kill_uid(uid)
             stdout, trunc_out = _read_capped(fout, limits.max_output_bytes)
             stderr, trunc_err = _read_capped(ferr, limits.max_output_bytes)
+            chan, trunc_chan = _read_capped(fchan, limits.max_output_bytes) if channel else ("", False)
     finally:
         shutil.rmtree(src_dir, ignore_errors=True)
     rc = proc.returncode
@@ -207,7 +221,7 @@ def _run(source: str, stdin: str, limits: Limits, python: str, namespaces: bool,
         status = "signal"
     else:
         status = "error"
-    return SandboxResult(status, rc, stdout, stderr, wall, trunc_out or trunc_err)
+    return SandboxResult(status, rc, stdout, stderr, wall, trunc_out or trunc_err or trunc_chan, chan)
 
 
 @functools.cache
@@ -242,10 +256,14 @@ def isolation() -> Isolation:
     raise SandboxError("no interpreter runs inside the sandbox: " + "; ".join(notes))
 
 
-def run_program(source: str, stdin: str = "", limits: Limits | None = None) -> SandboxResult:
-    """Run ``source`` as ``prog.py`` in a fresh sandbox with ``stdin`` as its standard input; see the module doc."""
+def run_program(source: str, stdin: str = "", limits: Limits | None = None, channel: bool = False) -> SandboxResult:
+    """Run ``source`` as ``prog.py`` in a fresh sandbox with ``stdin`` as its standard input; see the module doc.
+
+    With ``channel`` the program also gets fd 3, a file of its own whose contents come back as ``result.channel``
+    (capped like stdout): a results channel that printing cannot write to.
+    """
     iso = isolation()
-    return _run(source, stdin, limits or Limits(), iso.python, iso.namespaces, iso.uid_mode)
+    return _run(source, stdin, limits or Limits(), iso.python, iso.namespaces, iso.uid_mode, channel)
 
 
 def run_many(
