@@ -13,7 +13,7 @@ may move to ``slow`` with its own mark). A test without a tier is a collection e
 
 ``make test`` (the README's, called by ``.ci/run``) runs unit + flow + service; ``make test-slow`` the rest. A run
 picks tiers with ``--tier`` (``pytest --tier unit``); a test's own tier mark wins over its module's.
-``STEER_TEST_TORCH_THREADS=N`` runs the session with N torch threads (the verdicts must not depend on it).
+``STEER_TEST_TORCH_THREADS=N`` runs the session with N torch threads (default 1; the verdicts must not depend on it).
 """
 
 import os
@@ -33,12 +33,14 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # built policies (the embedded tiny model) are cached per checkout, so a second test run skips the build
 os.environ.setdefault("STEER_CACHE_DIR", str(ROOT / ".cache" / "steer"))
 
-_THREADS = os.environ.get("STEER_TEST_TORCH_THREADS")
-if _THREADS:
-    os.environ["OMP_NUM_THREADS"] = _THREADS  # subprocesses (the CLI, flows run as processes) inherit it
-    import torch
+# One torch thread by default: the tests' tensors are tiny, and on two cores a second thread only adds OpenMP
+# overhead (measured: tests/test_update.py took 26 s with 1 thread, 106 s with 2, on a busy machine). The verdicts
+# must not depend on it: `STEER_TEST_TORCH_THREADS=2 make test` runs the same tests with two.
+TORCH_THREADS = int(os.environ.setdefault("STEER_TEST_TORCH_THREADS", "1"))
+os.environ["OMP_NUM_THREADS"] = str(TORCH_THREADS)  # subprocesses (the CLI, a worker's flow run) inherit it
+import torch  # noqa: E402
 
-    torch.set_num_threads(int(_THREADS))
+torch.set_num_threads(TORCH_THREADS)
 
 
 def pytest_addoption(parser):
@@ -71,8 +73,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_report_header(config):
-    import torch
-
     return f"torch threads: {torch.get_num_threads()}, STEER_CACHE_DIR: {os.environ['STEER_CACHE_DIR']}"
 
 

@@ -133,15 +133,6 @@ def test_state_ids_mark_tokens_sampled_at_the_same_state():
 
 
 # ---------------------------------------------------------------------------------------------- the tiny policy
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on two cores shared with other jobs, two threads make these small steps ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _rollout_batch(model, tok, *, seed: int, rewards=None):
     """8 prompts x 8 samples of the policy's own, scored at the rollout policy. ``rewards``: None scores the answers
     with the math verifier's boxed-answer check; else a function of (group, sample) -> +1 / -1."""
@@ -416,7 +407,8 @@ SOURCE = {
     "steps": 2, "checkpoint_every": 1, "data.heldout_size": 16, "data.train_size": 200,
     "rollout.prompts_per_step": 4, "rollout.samples_per_prompt": 4, "rollout.max_new_tokens": 8,
     "optim.mini_batch_prompts": 2, "optim.micro_batch_size": 8, "eval.every": 0, "eval.samples_per_prompt": 1,
-    "eval.max_new_tokens": 8, "model.num_threads": 1, "model.name_or_path": SMALL_POLICY,
+    "eval.max_new_tokens": 8, "model.num_threads": int(os.environ["STEER_TEST_TORCH_THREADS"]),
+    "model.name_or_path": SMALL_POLICY,
 }  # fmt: skip
 
 

@@ -31,7 +31,8 @@ SMALL = {
     "optim": {"mini_batch_prompts": 2, "micro_batch_size": 8, "lr": 1e-4},
     "eval": {"every": 2, "max_new_tokens": 8},
     "data": {"heldout_size": 16, "train_size": 200},
-    "model": {"name_or_path": SMALL_POLICY},  # built by the small_policy fixture
+    # built by the small_policy fixture; the session's torch threads (tests/conftest.py), not the preset's 2
+    "model": {"name_or_path": SMALL_POLICY, "num_threads": int(os.environ["STEER_TEST_TORCH_THREADS"])},
 }
 
 
@@ -113,7 +114,7 @@ def _cli(out: Path, steps: int, env: dict) -> list[str]:
     sets = ["checkpoint_every=1", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
             "rollout.max_new_tokens=8", "optim.mini_batch_prompts=2", "optim.micro_batch_size=8", "optim.lr=1e-4",
             "eval.every=2", "eval.max_new_tokens=8", "data.heldout_size=16", "data.train_size=200",
-            f"model.name_or_path={SMALL_POLICY}"]  # fmt: skip
+            f"model.name_or_path={SMALL_POLICY}", f"model.num_threads={SMALL['model']['num_threads']}"]  # fmt: skip
     cmd = [sys.executable, "-m", "steer.cli", "train", "--preset", "tiny", "--steps", str(steps), "--output-dir",
            str(out)]  # fmt: skip
     for s in sets:
