@@ -1,4 +1,4 @@
-"""The ``steer`` command line: one sub-command per module in ``steer.commands``.
+"""The ``steer`` command line: one sub-command per module in ``steer_cli.commands``.
 
 Each command module defines ``add_arguments(parser)`` and ``run(args) -> int``. Heavy imports (torch, prefect,
 mlflow) happen inside ``run`` so that ``steer --help`` answers at once.
@@ -13,12 +13,12 @@ import sys
 
 # sub-command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("steer.commands.train", "train a policy with STEER or a baseline (Prefect flow, MLflow tracking)"),
-    "eval": ("steer.commands.eval", "evaluate a model on benchmarks"),
-    "score": ("steer.commands.score", "score given completions against a benchmark, no model needed"),
-    "ablate": ("steer.commands.ablate", "train arms x seeds, one parent MLflow run, and compare them (plots, table)"),
-    "report": ("steer.commands.ablation_report", "re-render an ablation's report from MLflow by its parent run id"),
-    "study": ("steer.commands.study", "the studies of docs/results.md: steer study estimator | collapse | sensitivity"),
+    "train": ("steer_cli.commands.train", "train a policy with STEER or a baseline (Prefect flow, MLflow tracking)"),
+    "eval": ("steer_cli.commands.eval", "evaluate a model on benchmarks"),
+    "score": ("steer_cli.commands.score", "score given completions against a benchmark, no model needed"),
+    "ablate": ("steer_cli.commands.ablate", "train arms x seeds, one parent MLflow run, and compare them (plots, table)"),
+    "report": ("steer_cli.commands.ablation_report", "re-render an ablation's report from MLflow by its parent run id"),
+    "study": ("steer_cli.commands.study", "the studies of docs/results.md: steer study estimator | collapse | sensitivity"),
 }
 
 

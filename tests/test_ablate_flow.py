@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from test_report import PNG_MAGIC
 from test_train_flow import SMALL
 
-from steer.cli import main
+from steer_cli.main import main
 from steer.rollout_store import finished_steps
 
 ROOT = Path(__file__).resolve().parents[1]

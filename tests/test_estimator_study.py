@@ -358,7 +358,7 @@ def test_config_errors_name_the_field_and_the_valid_values():
 
 
 def test_cli_rejects_bad_values_before_prefect_starts(capsys, tmp_path):
-    from steer.cli import main
+    from steer_cli.main import main
 
     base = ["study", "estimator", "--output-dir", str(tmp_path)]
     cases = {
@@ -389,7 +389,7 @@ def test_the_flow_end_to_end_and_a_rerun_reuses_the_source_run(prefect_harness, 
     from mlflow import MlflowClient
 
     from flows.estimator_study import estimator_study
-    from steer.cli import main
+    from steer_cli.main import main
 
     out = tmp_path / "study"
     argv = ["study", "estimator", "--output-dir", str(out), "--optimizers", "sgd:1e-3,adamw:1e-4", "--batches", "2",

@@ -5,7 +5,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.evaluate import evaluate
-from steer.cli import main
+from steer_cli.main import main
 
 
 def test_evaluation_flow_writes_generations_and_metrics(prefect_harness, tmp_path):

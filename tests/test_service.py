@@ -108,7 +108,7 @@ def test_mlflow_server_serves_runs_metrics_and_report_over_http(mlflow_server, t
     with urllib.request.urlopen(urls["entropy"], timeout=30) as response:
         assert response.read().startswith(PNG_MAGIC)
 
-    from steer.cli import main
+    from steer_cli.main import main
 
     assert main(["report", parent, "--tracking-uri", url, "--output-dir", str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from steer.ablation import STUDIES
-from steer.cli import build_parser, main
+from steer_cli.main import build_parser, main
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -14,7 +14,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
 
 
 def test_flags_become_the_studys_ablation_config(tmp_path):
-    from steer.commands.study_ablation import build_config
+    from steer_cli.commands.study_ablation import build_config
 
     cfg = build_config("sensitivity", _args(["sensitivity", "--arms", "steer_1.0,steer_0.7_running", "--seeds", "3",
                                              "--steps", "7", "--set", "optim.lr=2e-4",
@@ -45,7 +45,7 @@ def test_building_the_parser_imports_no_torch_prefect_or_mlflow():
     import subprocess
     import sys
 
-    code = ("import sys; from steer.cli import build_parser; build_parser(); "
+    code = ("import sys; from steer_cli.main import build_parser; build_parser(); "
             "print(sorted(m for m in ('torch', 'prefect', 'mlflow') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -108,7 +108,7 @@ def _cli(out: Path, steps: int, env: dict) -> list[str]:
     sets = ["checkpoint_every=1", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
             "rollout.max_new_tokens=8", "optim.mini_batch_prompts=2", "optim.micro_batch_size=8", "optim.lr=1e-4",
             "eval.every=2", "eval.max_new_tokens=8", "data.heldout_size=16", "data.train_size=200"]  # fmt: skip
-    cmd = [sys.executable, "-m", "steer.cli", "train", "--preset", "tiny", "--steps", str(steps), "--output-dir",
+    cmd = [sys.executable, "-m", "steer_cli.main", "train", "--preset", "tiny", "--steps", str(steps), "--output-dir",
            str(out)]  # fmt: skip
     for s in sets:
         cmd += ["--set", s]

@@ -3,7 +3,7 @@
 - ``estimator``: how well each entropy-change estimator predicts the change of one real optimizer step, at the
   start, middle and end of a run (flows/estimator_study.py).
 - ``collapse``, ``sensitivity``: ablations (``steer.ablation.STUDIES``) run by the ablation flow
-  (steer/commands/study_ablation.py).
+  (steer_cli/commands/study_ablation.py).
 
 Each study is an entry of ``STUDIES``: name -> (add_arguments, run, one-line help).
 """
@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from steer.commands import study_ablation
+from steer_cli.commands import study_ablation
 
 
 def _list(text: str) -> list[str]:

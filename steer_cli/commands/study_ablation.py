@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from steer.commands.ablate import _list
+from steer_cli.commands.ablate import _list
 
 
 def arguments(name: str) -> Callable[[argparse.ArgumentParser], None]:
@@ -52,7 +52,7 @@ def build_config(name: str, args: argparse.Namespace):
 
 def runner(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from steer.commands.ablate import execute
+        from steer_cli.commands.ablate import execute
 
         return execute(lambda: build_config(name, args), f"steer study {name}")
 

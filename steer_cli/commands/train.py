@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"steer train: {e}", file=sys.stderr)
         return 2
     from flows.train import train
-    from steer.commands.report import print_summary
+    from steer_cli.commands.printing import print_summary
 
     summary = train(config)
     print_summary(summary)
