@@ -15,7 +15,10 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from steer.algorithms import get_algorithm
-from steer.update import build_policy_batch, policy_update, score_batch
+from steer.batch import build_policy_batch
+from steer.objective import build_objective
+from steer.scoring import score_batch
+from steer.update import policy_update
 
 
 def make_batch(n: int, prompt_len: int, t: int, vocab: int, seed: int = 0):
@@ -52,9 +55,9 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
     arms = {
         "grpo(clip_higher)": get_algorithm("clip_higher"),
-        "steer(micro)": get_algorithm("steer", steer_scope="micro"),
-        "steer(rollout)": get_algorithm("steer", steer_scope="rollout"),
-        "steer(mini)": get_algorithm("steer", steer_scope="mini"),
+        "steer(micro)": get_algorithm("steer", token_weighting={"normaliser": "micro"}),
+        "steer(rollout)": get_algorithm("steer", token_weighting={"normaliser": "rollout"}),
+        "steer(mini)": get_algorithm("steer", token_weighting={"normaliser": "mini"}),
     }
     times: dict[str, list[float]] = {k: [] for k in arms}
 
@@ -62,7 +65,7 @@ def main() -> None:
         if args.device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        policy_update(model, opt, batch, algo, mini_batch_size=args.n // 2, micro_batch_size=args.n // 8,
+        policy_update(model, opt, batch, build_objective(algo), mini_batch_size=args.n // 2, micro_batch_size=args.n // 8,
                       generator=torch.Generator().manual_seed(0), autocast_dtype=autocast)  # fmt: skip
         if args.device == "cuda":
             torch.cuda.synchronize()

@@ -15,7 +15,8 @@ from steer.rollout.base import RolloutBatch
 from steer.rollout_store import rollout_table, write_step
 from steer.runtime import Runtime
 from steer.tracking import Tracker
-from steer.update import PolicyBatch, UpdateResult
+from steer.batch import PolicyBatch
+from steer.update import UpdateResult
 
 
 @task(name="write-rollouts", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)

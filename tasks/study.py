@@ -35,7 +35,7 @@ from steer.studies.estimator import (
     table_markdown,
 )
 from steer.studies.plots import scatter_figure
-from steer.update import PolicyBatch, build_policy_batch
+from steer.batch import PolicyBatch, build_policy_batch
 from tasks.tracking import RUN_ID_FILE, MlflowTracker
 
 TABLE_STATS = ("n", "pearson", "spearman", "scale", "mse", "mse_zero", "sign_agreement")
@@ -127,8 +127,8 @@ def predict_changes(batch: PolicyBatch, cfg: RunConfig) -> dict[str, torch.Tenso
     """Every estimator's prediction (N, T) on the scored batch; the policy scored it, so p = p_old and H = H_old."""
     a = cfg.algorithm
     return predict(ENTROPY_CHANGE_ESTIMATORS.names(), batch.old_logp, batch.old_logp, batch.old_entropy,
-                   batch.old_entropy, batch.advantages, batch.response_mask, eps_low=a.eps_low,
-                   eps_high=a.eps_high)  # fmt: skip
+                   batch.old_entropy, batch.advantages, batch.response_mask, eps_low=a.clip.eps_low,
+                   eps_high=a.clip.eps_high)  # fmt: skip
 
 
 @task(name="optimizer-step", retries=0, cache_policy=NO_CACHE)

@@ -22,7 +22,7 @@ def test_flags_become_the_studys_ablation_config(tmp_path):
     assert [a.name for a in cfg.arms] == ["steer_1.0", "steer_0.7_running"] and cfg.seeds == [3]
     jobs = cfg.jobs()
     assert {j.config.steps for j in jobs} == {7} and {j.config.optim.lr for j in jobs} == {2e-4}
-    assert jobs[1].config.algorithm.steer_scope == "running" and jobs[0].config.algorithm.steer_lambda_min == 1.0
+    assert jobs[1].config.algorithm.token_weighting.normaliser == "running" and jobs[0].config.algorithm.token_weighting.lambda_min == 1.0
     assert all(j.config.output_dir.startswith(str(tmp_path)) for j in jobs)
 
     default = build_config("collapse", _args(["collapse"]))

@@ -68,7 +68,7 @@ def test_mlflow_has_params_and_namespaced_metrics_per_step(finished_run):
     assert sorted(metric_history(out, "eval/accuracy")) == [0, 2, 3]
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     params = client.get_run(summary["mlflow_run_id"]).data.params
-    assert params["algorithm.steer_lambda_min"] == "0.7" and params["rollout.samples_per_prompt"] == "4"
+    assert params["algorithm.token_weighting.lambda_min"] == "0.7" and params["rollout.samples_per_prompt"] == "4"
     assert summary["heldout_accuracy_before"] is not None and summary["heldout_accuracy_after"] is not None
 
 

@@ -37,12 +37,16 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from steer.algorithms import AlgorithmConfig
+from steer.algorithms import AlgorithmConfig, NoShaping, NoWeighting, PpoClipLoss
 from steer.registry import Registry
 from steer.report.summary import t_interval
 from steer.reweighting import QUADRANTS, estimate_entropy_change, quadrant_masks
 from steer.studies.stats import fit_scale_mse, pearson, sign_agreement, spearman
-from steer.update import PolicyBatch, policy_update, score_batch
+from steer.batch import PolicyBatch
+from steer.objective import build_objective
+from steer.ops import masked_mean, token_advantages
+from steer.scoring import score_batch
+from steer.update import policy_update
 
 ENTROPY_CHANGE_ESTIMATORS: Registry = Registry("entropy-change estimator")
 OPTIMIZERS: Registry[Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer]] = Registry("optimizer")
@@ -67,14 +71,6 @@ SUMMARY_COLUMNS = [*CELL_KEYS, "estimator", "subset", "batches", "n",
 
 
 # --------------------------------------------------------------------------------------------------- estimators
-def _masked_mean(x: Tensor, valid: Tensor) -> Tensor:
-    return torch.where(valid, x, torch.zeros_like(x)).sum() / valid.sum().clamp(min=1)
-
-
-def _token_adv(advantages: Tensor, like: Tensor) -> Tensor:
-    return advantages[:, None].expand_as(like) if advantages.dim() == 1 else advantages  # (N,) -> (N, T)
-
-
 @ENTROPY_CHANGE_ESTIMATORS.register("first_order")
 def first_order(logp, old_logp, entropy, old_entropy, advantages, mask, *, eps_low, eps_high) -> Tensor:
     """Theorem 1: -I_clip A r p(1-p)(log p + H), H under the current policy. (N, T)."""
@@ -95,9 +91,9 @@ def covariance(logp, old_logp, entropy, old_entropy, advantages, mask, *, eps_lo
     """Cui et al. 2025 (softmax policy gradient): dH ~ -Cov(log pi, pi A), one term per token:
     -(log p - mean log p)(p A - mean(p A)), means over the batch's valid tokens (A = 0 included). (N, T)."""
     valid = mask.bool()
-    adv = _token_adv(advantages, logp).to(logp.dtype)
+    adv = token_advantages(advantages, logp).to(logp.dtype)
     pa = logp.exp() * adv  # (N, T)
-    cov = (logp - _masked_mean(logp, valid)) * (pa - _masked_mean(pa, valid))  # (N, T)
+    cov = (logp - masked_mean(logp, valid)) * (pa - masked_mean(pa, valid))  # (N, T)
     return torch.where(valid, -cov, torch.zeros_like(cov))
 
 
@@ -107,8 +103,8 @@ def covariance_npg(logp, old_logp, entropy, old_entropy, advantages, mask, *, ep
     """Cui et al. 2025 (natural policy gradient): dH ~ -Cov(log pi, A), one term per token:
     -(log p - mean log p)(A - mean A), the negated per-token covariance Clip-Cov ranks by. (N, T)."""
     valid = mask.bool()
-    adv = _token_adv(advantages, logp).to(logp.dtype)
-    cov = (logp - _masked_mean(logp, valid)) * (adv - _masked_mean(adv, valid))  # (N, T)
+    adv = token_advantages(advantages, logp).to(logp.dtype)
+    cov = (logp - masked_mean(logp, valid)) * (adv - masked_mean(adv, valid))  # (N, T)
     return torch.where(valid, -cov, torch.zeros_like(cov))
 
 
@@ -134,8 +130,12 @@ def _adamw(params, lr: float) -> torch.optim.Optimizer:
 def plain_objective(cfg: AlgorithmConfig) -> AlgorithmConfig:
     """The objective whose entropy change Omega predicts: the clipped per-token loss of ``cfg`` (its clip range,
     dual clip and aggregation kept) with no token weights, advantage shaping, entropy bonus or KL term."""
-    return cfg.model_copy(update=dict(policy_loss="ppo_clip", token_weighting="none", advantage_shaping="none",
-                                      entropy_coef=0.0, kl_coef=0.0))  # fmt: skip
+    return cfg.model_copy(
+        update=dict(
+            policy_loss=PpoClipLoss(), token_weighting=NoWeighting(), advantage_shaping=NoShaping(),
+            entropy_coef=0.0, kl_coef=0.0,
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------------------- the step
@@ -215,7 +215,7 @@ def entropy_change_step(
     policy.eval()  # no dropout: the realized change comes from the parameters alone
     opt = OPTIMIZERS.get(optimizer)(policy.parameters(), lr)
     result = policy_update(
-        policy, opt, batch, plain_objective(algorithm_cfg), mini_batch_size=n, micro_batch_size=micro, epochs=1,
+        policy, opt, batch, build_objective(plain_objective(algorithm_cfg)), mini_batch_size=n, micro_batch_size=micro, epochs=1,
         temperature=temperature, max_grad_norm=math.inf, generator=torch.Generator().manual_seed(0),
         autocast_dtype=autocast_dtype, shuffle=False,
     )  # fmt: skip
@@ -265,7 +265,7 @@ def token_frame(
     batch = batch.to("cpu")
     valid = batch.response_mask.bool()
     rows, ts = valid.nonzero(as_tuple=True)  # (M,), (M,): the valid tokens, row-major
-    adv = _token_adv(batch.advantages, batch.old_logp)
+    adv = token_advantages(batch.advantages, batch.old_logp)
     quadrant = np.full(rows.numel(), "zero", dtype=object)
     for q, m in quadrant_masks(batch.old_logp, batch.old_entropy, adv, batch.response_mask).items():
         quadrant[m[valid].numpy()] = q

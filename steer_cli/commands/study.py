@@ -66,13 +66,13 @@ def estimator_config(args: argparse.Namespace):
 def estimator_run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from steer.config import ConfigError, _explain
+    from steer.config import ConfigError, explain
 
     try:
         config = estimator_config(args)
         config.check()  # the source run's settings, checked before Prefect starts
     except ValidationError as e:
-        print(f"steer study estimator: {_explain(e)}", file=sys.stderr)
+        print(f"steer study estimator: {explain(e)}", file=sys.stderr)
         return 2
     except ConfigError as e:
         print(f"steer study estimator: {e}", file=sys.stderr)
