@@ -45,9 +45,15 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                      num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 64),
-                      num_key_value_heads=max(1, args.hidden // 128), max_position_embeddings=4096)  # fmt: skip
+    cfg = Qwen2Config(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=4 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=max(1, args.hidden // 64),
+        num_key_value_heads=max(1, args.hidden // 128),
+        max_position_embeddings=4096,
+    )
     model = Qwen2ForCausalLM(cfg).to(args.device)
     autocast = torch.bfloat16 if args.dtype == "bf16" else None
     batch = make_batch(args.n, args.prompt_len, args.t, args.vocab).to(args.device)
@@ -65,8 +71,16 @@ def main() -> None:
         if args.device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        policy_update(model, opt, batch, build_objective(algo), mini_batch_size=args.n // 2, micro_batch_size=args.n // 8,
-                      generator=torch.Generator().manual_seed(0), autocast_dtype=autocast)  # fmt: skip
+        policy_update(
+            model,
+            opt,
+            batch,
+            build_objective(algo),
+            mini_batch_size=args.n // 2,
+            micro_batch_size=args.n // 8,
+            generator=torch.Generator().manual_seed(0),
+            autocast_dtype=autocast,
+        )
         if args.device == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0
@@ -77,8 +91,10 @@ def main() -> None:
         for name, algo in arms.items():
             times[name].append(run(algo))
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"model {n_params:.1f}M params, N={args.n}, P={args.prompt_len}, T={args.t}, V={args.vocab}, "
-          f"device={args.device}, dtype={args.dtype}, {args.reps} interleaved reps")  # fmt: skip
+    print(
+        f"model {n_params:.1f}M params, N={args.n}, P={args.prompt_len}, T={args.t}, V={args.vocab}, "
+        f"device={args.device}, dtype={args.dtype}, {args.reps} interleaved reps"
+    )
     base = statistics.median(times["grpo(clip_higher)"])
     for name, ts in times.items():
         med = statistics.median(ts)

@@ -80,10 +80,18 @@ def evaluate(
             n = k or spec.k
             with VERIFIERS.get(spec.verifier)() as scorer:
                 metrics, rows = evaluate_policy(
-                    engine, tokenizer, scorer, problems, k=n, temperature=temperature or spec.temperature,
-                    top_p=top_p or spec.top_p, max_new_tokens=max_new_tokens, seed=derive_seed(seed, name, 0),
-                    pass_ks=tuple(j for j in (1, 4, 8, 16, 32) if j <= n), prefix=f"eval/{name}",
-                )  # fmt: skip
+                    engine,
+                    tokenizer,
+                    scorer,
+                    problems,
+                    k=n,
+                    temperature=temperature or spec.temperature,
+                    top_p=top_p or spec.top_p,
+                    max_new_tokens=max_new_tokens,
+                    seed=derive_seed(seed, name, 0),
+                    pass_ks=tuple(j for j in (1, 4, 8, 16, 32) if j <= n),
+                    prefix=f"eval/{name}",
+                )
             gen_path = out / f"generations-{name}.parquet"
             pq.write_table(pa.Table.from_pylist(rows), gen_path)
             tracker.log_metrics(metrics, step=0)

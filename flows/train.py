@@ -60,9 +60,17 @@ def train(config: RunConfig) -> dict:
             seed = derive_seed(config.seed, "eval", updates_done)
             e = config.eval
             metrics, _ = evaluate_policy(
-                rt.engine, rt.tokenizer, scorer, heldout, k=e.samples_per_prompt, temperature=e.temperature,
-                top_p=e.top_p, max_new_tokens=e.max_new_tokens, seed=seed, instruction=instruction,
-            )  # fmt: skip
+                rt.engine,
+                rt.tokenizer,
+                scorer,
+                heldout,
+                k=e.samples_per_prompt,
+                temperature=e.temperature,
+                top_p=e.top_p,
+                max_new_tokens=e.max_new_tokens,
+                seed=seed,
+                instruction=instruction,
+            )
             metrics["eval/accuracy"] = metrics[f"eval/avg_at_{e.samples_per_prompt}"]
             evals[updates_done] = metrics
             log_metrics(tracker, evals[updates_done], updates_done)
@@ -97,14 +105,17 @@ def train(config: RunConfig) -> dict:
             write_rollouts(str(out), tracker.run_id, step, problems, prompts, rollout, scores, batch, result)
             t4 = time.perf_counter()
             metrics = {
-                **rollout_metrics(scores["rewards"], scores["correct"], rollout.group_index, rollout.response_mask,
-                                  rollout.truncated),
+                **rollout_metrics(
+                    scores["rewards"], scores["correct"], rollout.group_index, rollout.response_mask, rollout.truncated
+                ),
                 **result.metrics,
                 **logp_mismatch(rollout.sampling_logp, batch.old_logp, batch.response_mask),
                 "rollout/entropy": float((batch.old_entropy * batch.response_mask).sum() / batch.response_mask.sum()),
-                "timing/rollout": t1 - t0, "timing/score": t2 - t1, "timing/update": t3 - t2,
+                "timing/rollout": t1 - t0,
+                "timing/score": t2 - t1,
+                "timing/update": t3 - t2,
                 "timing/persist": t4 - t3,
-            }  # fmt: skip
+            }
             metrics["timing/step"] = time.perf_counter() - t0
             log_metrics(tracker, metrics, step)
             history.append(metrics)
@@ -116,10 +127,11 @@ def train(config: RunConfig) -> dict:
                 rt.extra = {"evals": evals}
                 checkpoint(rt, done, tracker, log_artifact=done == config.steps)
             progress.update(
-                bar, advance=1,
+                bar,
+                advance=1,
                 description=f"reward {metrics['reward/mean']:+.3f}  acc {metrics['reward/accuracy']:.3f}  "
                 f"entropy {metrics['rollout/entropy']:.3f}",
-            )  # fmt: skip
+            )
 
         first, last = evals.get(0, {}), evals[max(evals)] if evals else {}
         return {

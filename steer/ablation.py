@@ -33,8 +33,8 @@ class ArmSpec(BaseModel):
     algorithm: str = Field(description="Algorithm preset (steer.algorithms.ALGORITHMS): grpo, steer, clip_cov, ...")
     overrides: dict[str, Any] = Field(
         default_factory=dict,
-        description="Dotted run settings for this arm only, e.g. {'algorithm.token_weighting.lambda_min': 0.6}; they win over "
-        "the ablation-wide overrides.",
+        description="Dotted run settings for this arm only, e.g. {'algorithm.token_weighting.lambda_min': 0.6}; they "
+        "win over the ablation-wide overrides.",
     )
 
     @field_validator("name")
@@ -53,7 +53,9 @@ class ArmSpec(BaseModel):
 
 
 def _steer(lambda_min: float) -> ArmSpec:
-    return ArmSpec(name=f"steer_{lambda_min}", algorithm="steer", overrides={"algorithm.token_weighting.lambda_min": lambda_min})
+    return ArmSpec(
+        name=f"steer_{lambda_min}", algorithm="steer", overrides={"algorithm.token_weighting.lambda_min": lambda_min}
+    )
 
 
 DEFAULT_ARMS: list[ArmSpec] = [
@@ -90,8 +92,13 @@ class Study:
 
     def config(self, **changes: Any) -> AblationConfig:
         """The study as an ``AblationConfig``; ``changes`` replace its fields (seeds, steps, overrides, ...)."""
-        base = dict(preset=self.preset, arms=list(self.arms), seeds=list(self.seeds), output_root=self.output_root,
-                    experiment=self.experiment)  # fmt: skip
+        base = dict(
+            preset=self.preset,
+            arms=list(self.arms),
+            seeds=list(self.seeds),
+            output_root=self.output_root,
+            experiment=self.experiment,
+        )
         return AblationConfig(**{**base, **{k: v for k, v in changes.items() if v is not None}})
 
 

@@ -1,9 +1,9 @@
 """The training run's configuration: typed, validated pydantic models with one help text per field.
 
 A run is ``RunConfig``: model, data, rollout, optimisation, evaluation and the algorithm (``AlgorithmConfig``).
-Presets live in ``steer/presets/*.yaml`` (their comments show the batch arithmetic); ``load_config`` reads one and
-applies ``key=value`` overrides with dotted keys, e.g. ``algorithm.token_weighting.lambda_min=0.8``. Every error names the
-field and the fix. Prefect turns these models into forms in its UI.
+Presets live in ``steer/presets/*.yaml`` (their comments show the batch arithmetic); ``load_config``, the one
+resolver, reads one and applies overrides with dotted keys, e.g. ``algorithm.token_weighting.lambda_min=0.8``. Every
+error names the field and the fix. Prefect turns these models into forms in its UI.
 """
 
 from __future__ import annotations
@@ -229,8 +229,10 @@ def _unknown_field(loc: tuple) -> str:
         section, variant = path[-2], path[-1]
         owners = [v.model_fields["name"].default for v in SECTIONS[section] if leaf in v.model_fields]
         if owners:
-            return (f"not a setting of {section} {variant!r}; it belongs to {' or '.join(owners)}: set "
-                    f"algorithm.{section}.name={owners[0]} (or choose such an algorithm)")  # fmt: skip
+            return (
+                f"not a setting of {section} {variant!r}; it belongs to {' or '.join(owners)}: set "
+                f"algorithm.{section}.name={owners[0]} (or choose such an algorithm)"
+            )
         return f"not a setting of {section} {variant!r}; its settings: {', '.join(_own_fields(section, variant))}"
     return "unknown setting; check the spelling (`steer train --help-config` lists every field)"
 

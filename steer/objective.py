@@ -169,7 +169,9 @@ def build_objective(cfg: AlgorithmConfig) -> Objective:
         )
     KL_ESTIMATORS.get(cfg.kl_estimator)  # an unknown name fails here, not at the first KL step
     return Objective(
-        loss_fn=functools.partial(POLICY_LOSSES.get(cfg.policy_loss.name), **cfg.clip.model_dump(), **own_settings(cfg.policy_loss)),
+        loss_fn=functools.partial(
+            POLICY_LOSSES.get(cfg.policy_loss.name), **cfg.clip.model_dump(), **own_settings(cfg.policy_loss)
+        ),
         weighting=TOKEN_WEIGHTINGS.get(weighting.name)(weighting),
         shaping=shaping,
         omega=omega_function(

@@ -79,17 +79,24 @@ def policy_update(
         for mini_idx in order.split(mini_batch_size):
             mini = batch.select(mini_idx)
             counts = dict(num_tokens=mini.response_mask.sum(), num_seqs=len(mini), max_len=t)
-            normaliser.before_step(mini, lambda m=mini: score_batch(model, m, micro_batch_size=micro_batch_size,
-                                                                     **scoring))  # fmt: skip
+            normaliser.before_step(
+                mini, lambda m=mini: score_batch(model, m, micro_batch_size=micro_batch_size, **scoring)
+            )
             for micro_idx in torch.arange(len(mini)).split(micro_batch_size):
                 micro = mini.select(micro_idx)
                 logp, entropy = forward_logprobs(model, micro, **scoring)  # (N, T) each, with gradient
                 loss, metrics, per_token = objective(
-                    logp=logp, old_logp=micro.old_logp, entropy=entropy, old_entropy=micro.old_entropy,
-                    advantages=micro.advantages, mask=micro.response_mask,
-                    steer_max_abs=normaliser.for_micro(micro, logp, entropy), ref_logp=micro.ref_logp,
-                    generator=generator, **counts,
-                )  # fmt: skip
+                    logp=logp,
+                    old_logp=micro.old_logp,
+                    entropy=entropy,
+                    old_entropy=micro.old_entropy,
+                    advantages=micro.advantages,
+                    mask=micro.response_mask,
+                    steer_max_abs=normaliser.for_micro(micro, logp, entropy),
+                    ref_logp=micro.ref_logp,
+                    generator=generator,
+                    **counts,
+                )
                 loss.backward()
                 rows = mini_idx[micro_idx]
                 first = ~seen[rows]

@@ -15,12 +15,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from steer.advantages import compute_advantages
+from steer.batch import PolicyBatch, build_policy_batch
 from steer.config import RolloutConfig, RunConfig
 from steer.data import Problem
 from steer.models.loading import format_prompt
 from steer.rollout.base import RolloutBatch, RolloutEngine
 from steer.runtime import Runtime
-from steer.batch import PolicyBatch, build_policy_batch
 from steer.scoring import score_batch
 from steer.update import UpdateResult, policy_update
 from steer.verifiers.math import rewards_from_correct

@@ -16,7 +16,8 @@ def test_default_arms_are_the_papers_comparison():
     assert [a.name for a in DEFAULT_ARMS] == ["grpo", "clip_higher", "entropy_bonus", "clip_cov", "kl_cov",
                                               "steer_0.6", "steer_0.7", "steer_0.8"]  # fmt: skip
     jobs = AblationConfig(seeds=[0]).jobs(Path("root"))
-    lam = {j.arm: j.config.algorithm.token_weighting.lambda_min for j in jobs if j.config.algorithm.token_weighting.name == "steer"}
+    weightings = {j.arm: j.config.algorithm.token_weighting for j in jobs}
+    lam = {arm: w.lambda_min for arm, w in weightings.items() if w.name == "steer"}
     assert lam == {"steer_0.6": 0.6, "steer_0.7": 0.7, "steer_0.8": 0.8}
     by_arm = {j.arm: j.config.algorithm for j in jobs}
     assert by_arm["grpo"].clip.eps_high == 0.2 and by_arm["kl_cov"].policy_loss.name == "kl_cov"
@@ -24,7 +25,8 @@ def test_default_arms_are_the_papers_comparison():
 
 def test_jobs_layout_and_override_order():
     cfg = AblationConfig(
-        arms=[ArmSpec(name="lo", algorithm="steer", overrides={"algorithm.token_weighting.lambda_min": 0.6, "optim.lr": 3e-4})],
+        arms=[ArmSpec(name="lo", algorithm="steer",
+                      overrides={"algorithm.token_weighting.lambda_min": 0.6, "optim.lr": 3e-4})],
         seeds=[0, 5], steps=7, overrides={"optim.lr": 1e-4, "rollout": {"max_new_tokens": 9}},
     )  # fmt: skip
     jobs = cfg.jobs(Path("out"))

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from scipy import stats as sp
 
 from steer.algorithms import get_algorithm
+from steer.batch import build_policy_batch
 from steer.losses import _token_cov
 from steer.reweighting import estimate_entropy_change
 from steer.runtime import derive_seed
@@ -39,7 +40,6 @@ from steer.studies.estimator import (
     token_frame,
 )
 from steer.studies.stats import fit_scale_mse, pearson, rankdata, sign_agreement, spearman
-from steer.batch import build_policy_batch
 
 ESTIMATORS = ENTROPY_CHANGE_ESTIMATORS.names()
 TOKEN_COLUMNS = ["stage", "checkpoint_step", "batch", "optimizer", "lr", "row", "t", "state", "advantage", "logp",
@@ -215,7 +215,7 @@ def test_first_order_tracks_a_small_sgd_step_on_the_tiny_policy(tiny):
     model, batch = tiny
     a = get_algorithm("steer")
     preds = predict(ESTIMATORS, batch.old_logp, batch.old_logp, batch.old_entropy, batch.old_entropy,
-                    batch.advantages, batch.response_mask, eps_low=a.clip.eps_low, eps_high=a.clip.eps_high)  # fmt: skip
+                    batch.advantages, batch.response_mask, **a.clip.model_dump(exclude={"dual_clip_c"}))  # fmt: skip
     step = entropy_change_step(model, batch, a, optimizer="sgd", lr=1e-3, micro_batch_size=32)
     frame = token_frame(batch, preds, [step], stage="start", checkpoint_step=0)
     rows = estimator_table(frame).set_index(["estimator", "subset"])
@@ -270,7 +270,7 @@ def test_token_frame_and_table_shapes(tiny):
     model, batch = tiny
     a = get_algorithm("steer")
     preds = predict(ESTIMATORS, batch.old_logp, batch.old_logp, batch.old_entropy, batch.old_entropy,
-                    batch.advantages, batch.response_mask, eps_low=a.clip.eps_low, eps_high=a.clip.eps_high)  # fmt: skip
+                    batch.advantages, batch.response_mask, **a.clip.model_dump(exclude={"dual_clip_c"}))  # fmt: skip
     steps = [entropy_change_step(model, batch, a, optimizer=o, lr=lr, micro_batch_size=32)
              for o, lr in [("sgd", 1e-3), ("sgd", 1e-2)]]  # fmt: skip
     one = token_frame(batch, preds, steps, stage="start", checkpoint_step=0)

@@ -131,9 +131,8 @@ def test_deployments_yaml_is_typed_and_the_train_form_starts_from_the_tiny_prese
     assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": False}]
     from steer.ablation import AblationConfig
 
-    lams = [
-        a.overrides.get("algorithm.token_weighting.lambda_min") for a in AblationConfig(**nightly["parameters"]["config"]).arms
-    ]
+    arms = AblationConfig(**nightly["parameters"]["config"]).arms
+    lams = [a.overrides.get("algorithm.token_weighting.lambda_min") for a in arms]
     assert lams == [None, 0.6, 0.7, 0.8]
     from steer.studies.config import EstimatorStudyConfig
 

@@ -22,7 +22,8 @@ def test_flags_become_the_studys_ablation_config(tmp_path):
     assert [a.name for a in cfg.arms] == ["steer_1.0", "steer_0.7_running"] and cfg.seeds == [3]
     jobs = cfg.jobs()
     assert {j.config.steps for j in jobs} == {7} and {j.config.optim.lr for j in jobs} == {2e-4}
-    assert jobs[1].config.algorithm.token_weighting.normaliser == "running" and jobs[0].config.algorithm.token_weighting.lambda_min == 1.0
+    weightings = [j.config.algorithm.token_weighting for j in jobs]
+    assert weightings[1].normaliser == "running" and weightings[0].lambda_min == 1.0
     assert all(j.config.output_dir.startswith(str(tmp_path)) for j in jobs)
 
     default = build_config("collapse", _args(["collapse"]))

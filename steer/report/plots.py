@@ -203,14 +203,22 @@ def render_report(
     table = summary_table(metrics, arms)
     report = Report(table=table, markdown=table_markdown(table))
     plots = {
-        "entropy": lambda p: plot_curve(metrics, ENTROPY, "token-mean entropy of the rollout policy (nats)",
-                                        "Entropy vs step (rollout/entropy)", p, arms, smooth=True),
-        "accuracy": lambda p: plot_curve(metrics, "eval/accuracy", "held-out accuracy",
-                                         "Held-out accuracy vs step (eval/accuracy)", p, arms),
+        "entropy": lambda p: plot_curve(
+            metrics,
+            ENTROPY,
+            "token-mean entropy of the rollout policy (nats)",
+            "Entropy vs step (rollout/entropy)",
+            p,
+            arms,
+            smooth=True,
+        ),
+        "accuracy": lambda p: plot_curve(
+            metrics, "eval/accuracy", "held-out accuracy", "Held-out accuracy vs step (eval/accuracy)", p, arms
+        ),
         "quadrants": lambda p: plot_quadrants(metrics, p, arms),
         "steer_weights": lambda p: plot_weight_histogram(weights, p, arms),
         "omega_vs_entropy": lambda p: plot_omega_vs_entropy(metrics, p, arms),
-    }  # fmt: skip
+    }
     reasons = {
         "entropy": f"no run logged {ENTROPY}",
         "accuracy": "no run logged eval/accuracy",

@@ -135,8 +135,10 @@ class EstimatorStudyConfig(BaseModel):
         if "output_dir" in self.overrides:
             raise ValueError("overrides: output_dir is set by the study (source_dir, default <output_dir>/run): remove")
         if self.source_path.resolve() == Path(self.output_dir).resolve():
-            raise ValueError("source_dir: the source run needs its own folder (both keep an mlflow_run_id file); "
-                             "leave it unset for <output_dir>/run")  # fmt: skip
+            raise ValueError(
+                "source_dir: the source run needs its own folder (both keep an mlflow_run_id file); "
+                "leave it unset for <output_dir>/run"
+            )
         return self
 
     @property
@@ -172,13 +174,17 @@ class EstimatorStudyConfig(BaseModel):
         import json
 
         return {
-            "preset": self.preset, "overrides": json.dumps(nest(self.overrides), sort_keys=True),
-            "output_dir": self.output_dir, "source_dir": str(self.source_path),
+            "preset": self.preset,
+            "overrides": json.dumps(nest(self.overrides), sort_keys=True),
+            "output_dir": self.output_dir,
+            "source_dir": str(self.source_path),
             "stages": ",".join(map(str, self.stages)),
             "optimizers": ",".join(f"{c.name}:{c.lr:g}" for c in self.optimizers),
-            "prompts": str(self.prompts), "batches": str(self.batches), "seed": str(self.seed),
+            "prompts": str(self.prompts),
+            "batches": str(self.batches),
+            "seed": str(self.seed),
             "experiment": self.experiment,
-        }  # fmt: skip
+        }
 
 
 def checkpoint_steps(cfg: RunConfig) -> list[int]:

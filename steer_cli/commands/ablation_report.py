@@ -14,8 +14,9 @@ DEFAULT_STORE = Path("runs/ablation/mlflow.db")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", help="the ablation's parent MLflow run id (printed by `steer ablate`)")
-    p.add_argument("--tracking-uri", help=f"MLflow store or server; default: $MLFLOW_TRACKING_URI, else "
-                   f"sqlite:///{DEFAULT_STORE}")  # fmt: skip
+    p.add_argument(
+        "--tracking-uri", help=f"MLflow store or server; default: $MLFLOW_TRACKING_URI, else sqlite:///{DEFAULT_STORE}"
+    )
     p.add_argument("--output-dir", help="where the PNGs and tables go; default: runs/report-<first 8 of RUN_ID>")
 
 

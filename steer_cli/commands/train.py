@@ -13,9 +13,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="RL steps")
     p.add_argument("--seed", type=int, help="run seed")
     p.add_argument("--output-dir", help="where the run writes; rerun with the same folder to resume")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any field with a dotted key, e.g. --set algorithm.token_weighting.lambda_min=0.8")  # fmt: skip
-    p.add_argument("--help-config", action="store_true", help="list the config fields of this preset and algorithm (its own components only), with help, and exit")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any field with a dotted key, e.g. --set algorithm.token_weighting.lambda_min=0.8",
+    )
+    p.add_argument(
+        "--help-config",
+        action="store_true",
+        help="list the config fields of this preset and algorithm (its own components only), with help, and exit",
+    )
 
 
 def build_config(args: argparse.Namespace):
