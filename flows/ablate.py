@@ -26,8 +26,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.train import train
 from steer.ablation import AblationConfig, Job
+from tasks.comparison import ARM_TAG, ARMS_TAG, SEED_TAG, build_report, log_weight_histogram
 from tasks.data import prepare_policy
-from tasks.report import ARM_TAG, ARMS_TAG, SEED_TAG, build_report, log_weight_histogram
 from tasks.tracking import MlflowTracker, tracking_uri_env, with_retries
 
 

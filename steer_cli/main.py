@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": (f"{_PKG}.eval", "evaluate a model on benchmarks"),
     "score": (f"{_PKG}.score", "score given completions against a benchmark, no model needed"),
     "ablate": (f"{_PKG}.ablate", "train arms x seeds, one parent MLflow run, and compare them (plots, table)"),
-    "report": (f"{_PKG}.ablation_report", "re-render an ablation's report from MLflow by its parent run id"),
+    "report": (f"{_PKG}.comparison", "re-render an ablation's report from MLflow by its parent run id"),
     "study": (f"{_PKG}.study", "the studies of docs/results.md: steer study estimator | collapse | sensitivity"),
 }
 

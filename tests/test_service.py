@@ -25,7 +25,7 @@ from test_train_flow import SMALL
 from steer.config import RunConfig, load_config
 from steer.rollout_store import finished_steps
 from steer.tracking import flatten_params
-from tasks.report import publish_report, rebuild_report
+from tasks.comparison import publish_report, rebuild_report
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

@@ -19,7 +19,7 @@ Pieces, torch and pandas only:
 - ``token_frame`` / ``estimator_table``: the per-token table (one row per valid token, rollout batch and optimizer
   cell) and the statistics per (stage, rollout batch, optimizer cell, estimator, subset).
 - ``summary_table``: per (stage, optimizer cell, estimator, subset), the mean over rollout batches and the half-width
-  of its 95% Student-t interval (``steer.report.summary.t_interval``) of pearson, spearman and mse / mse_zero.
+  of its 95% Student-t interval (``steer.comparison.summary.t_interval``) of pearson, spearman and mse / mse_zero.
 
 Departure from the protocol as the paper states it: the step is taken in eval mode (no dropout), so the realized
 change comes from the parameters alone and lr = 0 realizes exactly 0; the predicted gradient is the dropout-free one.
@@ -39,10 +39,10 @@ from torch import Tensor
 
 from steer.algorithms import AlgorithmConfig, NoShaping, NoWeighting, PpoClipLoss
 from steer.batch import PolicyBatch
+from steer.comparison.summary import t_interval
 from steer.objective import build_objective
 from steer.ops import masked_mean, token_advantages
 from steer.registry import Registry
-from steer.report.summary import t_interval
 from steer.reweighting import QUADRANTS, estimate_entropy_change, quadrant_masks
 from steer.scoring import score_batch
 from steer.studies.stats import fit_scale_mse, pearson, sign_agreement, spearman

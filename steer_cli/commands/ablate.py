@@ -78,7 +78,7 @@ def execute(make_config, prog: str) -> int:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     from flows.ablate import ablate
-    from steer_cli.commands.ablation_report import print_table
+    from steer_cli.commands.comparison import print_table
 
     result = ablate(config)
     print_table(result["table"])

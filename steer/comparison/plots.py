@@ -24,7 +24,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from steer.report.summary import ENTROPY, run_summaries, summary_table, table_markdown
+from steer.comparison.summary import ENTROPY, run_summaries, summary_table, table_markdown
 
 QUADRANTS = {
     "pos_high": "A > 0, high-probability token (lowers H)",

@@ -26,9 +26,9 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from steer.report import Report, render_report, weight_histogram
-from steer.report.plots import OMEGA, QUADRANTS
-from steer.report.summary import ACCURACY, ENTROPY
+from steer.comparison import Report, render_report, weight_histogram
+from steer.comparison.plots import OMEGA, QUADRANTS
+from steer.comparison.summary import ACCURACY, ENTROPY
 from tasks.tracking import with_retries
 
 REPORT_KEYS = (ENTROPY, ACCURACY, OMEGA, *(f"steer/quadrant/{q}/share" for q in QUADRANTS))

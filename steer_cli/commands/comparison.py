@@ -26,7 +26,7 @@ def print_table(table) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from steer.report.summary import formatted_rows
+    from steer.comparison.summary import formatted_rows
 
     headers, rows = formatted_rows(pd.DataFrame(table))
     out = Table(title="ablation: mean ± 95% t-interval over seeds")
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from tasks.report import rebuild_report
+    from tasks.comparison import rebuild_report
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
