@@ -78,7 +78,6 @@ def train(config: RunConfig) -> dict:
         # 3. held-out accuracy of the starting policy
         if rt.start_step == 0:
             evaluate(0)
-        history: list[dict[str, float]] = []
         columns = [TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}")]
         progress = stack.enter_context(Progress(*columns, TimeElapsedColumn(), transient=False))
         bar = progress.add_task("", total=config.steps, completed=rt.start_step)
@@ -118,7 +117,6 @@ def train(config: RunConfig) -> dict:
             }
             metrics["timing/step"] = time.perf_counter() - t0
             log_metrics(tracker, metrics, step)
-            history.append(metrics)
             done = step + 1
             if _due(done, config.eval.every, config.steps):
                 evaluate(done)
@@ -134,6 +132,8 @@ def train(config: RunConfig) -> dict:
             )
 
         first, last = evals.get(0, {}), evals[max(evals)] if evals else {}
+        # from the run's history: after a resume, this process saw only the steps since the checkpoint
+        entropy = tracker.metric_history("rollout/entropy")
         return {
             "algorithm": config.algorithm.name,
             "steps": config.steps,
@@ -141,8 +141,8 @@ def train(config: RunConfig) -> dict:
             "heldout_accuracy_before": first.get("eval/accuracy"),
             "heldout_accuracy_after": last.get("eval/accuracy"),
             "evals": {str(k): v for k, v in sorted(evals.items())},
-            "entropy_first": history[0]["rollout/entropy"] if history else None,
-            "entropy_last": history[-1]["rollout/entropy"] if history else None,
+            "entropy_first": entropy[min(entropy)] if entropy else None,
+            "entropy_last": entropy[max(entropy)] if entropy else None,
             "mlflow_run_id": tracker.run_id,
             "mlflow_tracking_uri": tracker.tracking_uri,
             "rollouts_dir": str(out / "rollouts"),

@@ -1,6 +1,7 @@
 """The training flow for real: Prefect (a throwaway API), MLflow (SQLite), Parquet, the embedded tiny policy."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,6 +103,18 @@ def test_a_transient_scoring_fault_is_retried_and_changes_nothing(finished_run, 
     assert FlakyMathScorer.failures_left == 0
     for key in ("reward/mean", "actor/pg_loss", "rollout/entropy"):
         assert metric_history(flaky, key) == {s: v for s, v in metric_history(out, key).items() if s < 2}, key
+
+
+def test_after_a_resume_the_summary_reads_the_first_step_from_the_run_history(finished_run, tmp_path):
+    out, summary = finished_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(latest_checkpoint(resumed / "checkpoints"))  # resume from step 2: redo step 2 only
+    again = train(small_config(resumed))
+    assert again["resumed_from"] == 2
+    entropy = metric_history(out, "rollout/entropy")
+    assert again["entropy_first"] == summary["entropy_first"] == entropy[0]
+    assert again["entropy_last"] == entropy[2]
 
 
 def _cli(out: Path, steps: int, env: dict) -> list[str]:
