@@ -9,11 +9,13 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any, Literal
 
 from prefect import flow
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from steer.config import RunConfig
+from steer.algorithms import ALGORITHMS
+from steer.config import RunConfig, load_config, preset_names
 from steer.diagnostics import logp_mismatch, rollout_metrics
 from steer.rollout_store import remove_steps_after
 from steer.runtime import DataOrder, derive_seed, open_runtime
@@ -24,6 +26,27 @@ from tasks.evaluate import evaluate_policy
 from tasks.persist import checkpoint, log_metrics, write_rollouts
 from tasks.rl import generate_rollouts, score_rollouts, sync_weights, update_policy
 from tasks.tracking import MlflowTracker
+
+AlgorithmName = Literal[tuple(ALGORITHMS.names())]  # a drop-down in the Prefect UI
+PresetName = Literal[tuple(preset_names())]
+
+
+@flow(name="steer-train-preset", log_prints=True, persist_result=False)
+def train_preset(
+    preset: PresetName = "tiny",
+    algorithm: AlgorithmName = "steer",
+    overrides: dict[str, Any] | None = None,
+) -> dict:
+    """Train a preset with an algorithm chosen by name: the config is resolved by ``steer.config.load_config`` (the
+    resolver ``steer train`` uses), then the ``train`` flow runs it.
+
+    Args:
+        preset: run preset (steer/presets/*.yaml): tiny, study, smollm2.
+        algorithm: algorithm preset by name (steer.algorithms.ALGORITHMS): grpo, steer, clip_cov, ...
+        overrides: dotted or nested settings over both, e.g. {"steps": 10, "output_dir": "runs/ui-train",
+            "algorithm.token_weighting.lambda_min": 0.8}.
+    """
+    return train(load_config(preset, overrides, algorithm=algorithm))
 
 
 def _due(step: int, every: int, last: int) -> bool:

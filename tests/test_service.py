@@ -22,9 +22,8 @@ from mlflow import MlflowClient
 from test_report import PNG_MAGIC, make_ablation_store, synthetic_metrics
 from test_train_flow import SMALL
 
-from steer.config import RunConfig, load_config
+from steer.config import load_config
 from steer.rollout_store import finished_steps
-from steer.tracking import flatten_params
 from tasks.comparison import publish_report, rebuild_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,12 +120,11 @@ def test_deployments_yaml_is_typed_and_the_train_form_starts_from_the_tiny_prese
     by_name = {d["name"]: d for d in spec["deployments"]}
     assert set(by_name) == DEPLOYMENT_NAMES
     assert {d["entrypoint"] for d in by_name.values()} == {
-        "flows/train.py:train", "flows/evaluate.py:evaluate", "flows/ablate.py:ablate",
+        "flows/train.py:train_preset", "flows/evaluate.py:evaluate", "flows/ablate.py:ablate",
         "flows/estimator_study.py:estimator_study"}  # fmt: skip
-    form = flatten_params(RunConfig(**by_name["train"]["parameters"]["config"]).model_dump(mode="json"))
-    tiny = flatten_params(load_config("tiny", {"output_dir": "runs/ui-train"}).model_dump(mode="json"))
-    drift = {k: (form.get(k), tiny.get(k)) for k in form.keys() | tiny.keys() if form.get(k) != tiny.get(k)}
-    assert not drift, f"deployments/prefect.yaml's train config departs from steer/presets/tiny.yaml: {drift}"
+    form = by_name["train"]["parameters"]  # names the preset and the algorithm, copies none of their fields
+    assert form == {"preset": "tiny", "algorithm": "steer", "overrides": {"output_dir": "runs/ui-train"}}
+    assert load_config(form["preset"], form["overrides"], algorithm=form["algorithm"]).algorithm.name == "steer"
     nightly = by_name["lambda-min-nightly"]
     assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": False}]
     from steer.ablation import AblationConfig
@@ -153,7 +151,7 @@ def test_the_run_parameters_in_docs_service_md_are_valid():
     text = (ROOT / "docs" / "service.md").read_text()
     params = [json.loads(p) for p in re.findall(r"--params '(\{.*?\})'", text)]
     assert len(params) == 2
-    RunConfig(**params[0]["config"])
+    assert load_config(params[0]["preset"], params[0]["overrides"], algorithm=params[0]["algorithm"]).steps == 10
     assert [j.arm for j in AblationConfig(**params[1]["config"]).jobs(Path("x"))] == ["grpo", "grpo", "steer_0.7",
                                                                                   "steer_0.7"]  # fmt: skip
 
@@ -198,9 +196,9 @@ def test_deploy_and_run_training_through_a_server_and_process_worker(service):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     out = d / "deployed-run"
-    config = load_config("tiny", {**SMALL, "steps": 2, "output_dir": str(out)}).model_dump(mode="json")
+    params = {"preset": "tiny", "algorithm": "grpo", "overrides": {**SMALL, "steps": 2, "output_dir": str(out)}}
     with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{env['PREFECT_PORT']}/api"}):
-        flow_run = run_deployment("steer-train/train", parameters={"config": config}, timeout=400, poll_interval=2)
+        flow_run = run_deployment("steer-train-preset/train", parameters=params, timeout=400, poll_interval=2)
         with get_client(sync_client=True) as client:
             nightly = client.read_deployment_by_name("steer-ablate/lambda-min-nightly")
             names = {dep.name for dep in client.read_deployments()}
@@ -214,6 +212,7 @@ def test_deploy_and_run_training_through_a_server_and_process_worker(service):
     client = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['MLFLOW_PORT']}")
     run = client.get_run((out / "mlflow_run_id").read_text().strip())
     assert run.info.status == "FINISHED" and run.data.params["steps"] == "2"
+    assert run.data.params["algorithm.name"] == "grpo" and run.data.params["algorithm.clip.eps_high"] == "0.2"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")) == [0, 2]
 
 
