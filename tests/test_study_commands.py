@@ -29,6 +29,9 @@ def test_flags_become_the_studys_ablation_config(tmp_path):
     default = build_config("collapse", _args(["collapse"]))
     assert default.arms == list(STUDIES["collapse"].arms) and default.seeds == [0, 1, 2]
     assert default.output_root == "runs/study-collapse" and default.preset == "study"
+    from steer_cli.commands.study import STUDY_COMMANDS
+
+    assert set(STUDY_COMMANDS) == {"estimator", *STUDIES}  # a sub-command per study of the one table, and no other
 
 
 def test_bad_flags_exit_2_naming_the_flag(capsys, tmp_path):

@@ -5,7 +5,8 @@
 - ``collapse``, ``sensitivity``: ablations (``steer.ablation.STUDIES``) run by the ablation flow
   (steer_cli/commands/study_ablation.py).
 
-Each study is an entry of ``STUDIES``: name -> (add_arguments, run, one-line help).
+Each study is a sub-command in ``STUDY_COMMANDS``: name -> (add_arguments, run, one-line help); the studies
+themselves are ``steer.ablation.STUDIES`` (the ablations) and the estimator flow.
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ def print_all_rows(rows: list[dict]) -> None:
     Console(width=max(console.width, 120)).print(table)  # never squeeze the names (pipes and logs get 80 columns)
 
 
-STUDIES: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
+StudyCommand = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]
+STUDY_COMMANDS: dict[str, StudyCommand] = {
     "estimator": (
         estimator_arguments,
         estimator_run,
@@ -173,8 +175,8 @@ STUDIES: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[ar
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="study", required=True, metavar="{" + ",".join(STUDIES) + "}")
-    for name, (add, run_study, help_text) in STUDIES.items():
+    sub = p.add_subparsers(dest="study", required=True, metavar="{" + ",".join(STUDY_COMMANDS) + "}")
+    for name, (add, run_study, help_text) in STUDY_COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
         sp.set_defaults(_study_run=run_study)
         add(sp)
