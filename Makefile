@@ -50,6 +50,7 @@ test-all: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache  # the layers of docs/architecture.md
 
 bench: venv
 	$(PY) bench/bench_logprobs.py

@@ -15,7 +15,10 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from steer.algorithms import get_algorithm
-from steer.update import build_policy_batch, policy_update, score_batch
+from steer.batch import build_policy_batch
+from steer.objective import build_objective
+from steer.scoring import score_batch
+from steer.update import policy_update
 
 
 def make_batch(n: int, prompt_len: int, t: int, vocab: int, seed: int = 0):
@@ -42,9 +45,15 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                      num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 64),
-                      num_key_value_heads=max(1, args.hidden // 128), max_position_embeddings=4096)  # fmt: skip
+    cfg = Qwen2Config(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=4 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=max(1, args.hidden // 64),
+        num_key_value_heads=max(1, args.hidden // 128),
+        max_position_embeddings=4096,
+    )
     model = Qwen2ForCausalLM(cfg).to(args.device)
     autocast = torch.bfloat16 if args.dtype == "bf16" else None
     batch = make_batch(args.n, args.prompt_len, args.t, args.vocab).to(args.device)
@@ -52,9 +61,9 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
     arms = {
         "grpo(clip_higher)": get_algorithm("clip_higher"),
-        "steer(micro)": get_algorithm("steer", steer_scope="micro"),
-        "steer(rollout)": get_algorithm("steer", steer_scope="rollout"),
-        "steer(mini)": get_algorithm("steer", steer_scope="mini"),
+        "steer(micro)": get_algorithm("steer", token_weighting={"normaliser": "micro"}),
+        "steer(rollout)": get_algorithm("steer", token_weighting={"normaliser": "rollout"}),
+        "steer(mini)": get_algorithm("steer", token_weighting={"normaliser": "mini"}),
     }
     times: dict[str, list[float]] = {k: [] for k in arms}
 
@@ -62,8 +71,16 @@ def main() -> None:
         if args.device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        policy_update(model, opt, batch, algo, mini_batch_size=args.n // 2, micro_batch_size=args.n // 8,
-                      generator=torch.Generator().manual_seed(0), autocast_dtype=autocast)  # fmt: skip
+        policy_update(
+            model,
+            opt,
+            batch,
+            build_objective(algo),
+            mini_batch_size=args.n // 2,
+            micro_batch_size=args.n // 8,
+            generator=torch.Generator().manual_seed(0),
+            autocast_dtype=autocast,
+        )
         if args.device == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0
@@ -74,8 +91,10 @@ def main() -> None:
         for name, algo in arms.items():
             times[name].append(run(algo))
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"model {n_params:.1f}M params, N={args.n}, P={args.prompt_len}, T={args.t}, V={args.vocab}, "
-          f"device={args.device}, dtype={args.dtype}, {args.reps} interleaved reps")  # fmt: skip
+    print(
+        f"model {n_params:.1f}M params, N={args.n}, P={args.prompt_len}, T={args.t}, V={args.vocab}, "
+        f"device={args.device}, dtype={args.dtype}, {args.reps} interleaved reps"
+    )
     base = statistics.median(times["grpo(clip_higher)"])
     for name, ts in times.items():
         med = statistics.median(ts)

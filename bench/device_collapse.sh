@@ -36,7 +36,7 @@ transformers.__version__, 'prefect', prefect.__version__, 'mlflow', mlflow.__ver
 start=$(date +%s)
 for arm in $ARMS; do
   for seed in $SEEDS; do
-    PREFECT_HOME=/tmp/prefect-$arm-$seed timeout "${RUN_TIMEOUT:-480}" $PY -m steer.cli study collapse \
+    PREFECT_HOME=/tmp/prefect-$arm-$seed timeout "${RUN_TIMEOUT:-480}" $PY -m steer_cli.main study collapse \
       --arms "$arm" --seeds "$seed" --steps "$STEPS" --output-dir "$ROOT/$arm-s$seed" \
       --set model.name_or_path=.devcarry/policy >"$ROOT-$arm-s$seed.log" 2>&1 &
   done

@@ -26,8 +26,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.train import train
 from steer.ablation import AblationConfig, Job
+from tasks.comparison import ARM_TAG, ARMS_TAG, SEED_TAG, build_report, log_weight_histogram
 from tasks.data import prepare_policy
-from tasks.report import ARM_TAG, ARMS_TAG, SEED_TAG, build_report, log_weight_histogram
 from tasks.tracking import MlflowTracker, tracking_uri_env, with_retries
 
 
@@ -47,10 +47,13 @@ def parent_params(config: AblationConfig) -> dict[str, str]:
 def open_child_run(job: Job, parent_run_id: str, tracking_uri: str) -> str:
     """Create (or reopen, on a rerun) the MLflow run of ``job`` under the parent, with its params; returns its id."""
     tracker = MlflowTracker(
-        job.config.output_dir, experiment=job.config.experiment, run_name=f"{job.arm}-s{job.seed}",
-        tracking_uri=tracking_uri, parent_run_id=parent_run_id,
+        job.config.output_dir,
+        experiment=job.config.experiment,
+        run_name=f"{job.arm}-s{job.seed}",
+        tracking_uri=tracking_uri,
+        parent_run_id=parent_run_id,
         tags={ARM_TAG: job.arm, SEED_TAG: job.seed, "steer.algorithm": job.config.algorithm.name},
-    )  # fmt: skip
+    )
     if not tracker.resumed:
         tracker.log_params(job.config.model_dump(mode="json"))
     return tracker.run_id
@@ -87,8 +90,12 @@ def ablate(config: AblationConfig = AblationConfig()) -> dict:  # noqa: B008  (P
         prepare_policy(model)
 
     # 2. the parent run, and a child per arm and seed (made up front, so the MLflow UI nests them from the start)
-    parent = MlflowTracker(root, experiment=config.experiment, run_name=f"ablation-{root.name}",
-                           tags={ARMS_TAG: ",".join(a.name for a in config.arms)})  # fmt: skip
+    parent = MlflowTracker(
+        root,
+        experiment=config.experiment,
+        run_name=f"ablation-{root.name}",
+        tags={ARMS_TAG: ",".join(a.name for a in config.arms)},
+    )
     try:
         if not parent.resumed:
             parent.log_params(parent_params(config))

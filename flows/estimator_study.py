@@ -96,16 +96,27 @@ def estimator_study(config: EstimatorStudyConfig = EstimatorStudyConfig()) -> di
                 engine = make_rollout_engine("hf", model=model, tokenizer=tokenizer)
                 for k in range(config.batches):
                     problems, seed = order.batch(k), rollout_seed(config.seed, st.step, k)
-                    rollout = generate_rollouts(engine, tokenizer, problems, source.rollout, source.data.instruction,
-                                                seed)  # fmt: skip
+                    rollout = generate_rollouts(
+                        engine, tokenizer, problems, source.rollout, source.data.instruction, seed
+                    )
                     scores = score_rollouts(scorer, rollout, problems, source.reward_mode)
                     batch = study_batch(model, tokenizer, rollout, scores["rewards"], source)
                     preds = predict_changes(batch, source)
                     results = [optimizer_step(model, batch, source, cell) for cell in config.optimizers]
-                    frames.append(token_frame(batch, preds, results, stage=st.stage, checkpoint_step=st.step,
-                                              batch_index=k))  # fmt: skip
-                    step_metrics += [{"stage": st.stage, "checkpoint_step": st.step, "batch": k,
-                                      "optimizer": r.optimizer, "lr": r.lr, **r.metrics} for r in results]  # fmt: skip
+                    frames.append(
+                        token_frame(batch, preds, results, stage=st.stage, checkpoint_step=st.step, batch_index=k)
+                    )
+                    step_metrics += [
+                        {
+                            "stage": st.stage,
+                            "checkpoint_step": st.step,
+                            "batch": k,
+                            "optimizer": r.optimizer,
+                            "lr": r.lr,
+                            **r.metrics,
+                        }
+                        for r in results
+                    ]
                 engine.close()
                 timing[f"stage_{st.stage}"] = time.perf_counter() - t1
 

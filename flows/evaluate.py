@@ -5,6 +5,7 @@ steer eval --model runs/tiny/checkpoints/step-000040 --benchmark reasoning_gym_h
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +18,7 @@ from steer.benchmarks import BENCHMARKS, load_benchmark
 from steer.models.loading import load_policy, resolve_policy
 from steer.rollout.base import make_rollout_engine
 from steer.runtime import cache_dir, derive_seed, resolve_device
+from steer.tracking import closing_run
 from steer.verifiers import VERIFIERS
 from tasks.evaluate import evaluate_policy
 from tasks.tracking import MlflowTracker
@@ -73,17 +75,27 @@ def evaluate(
     if template is None and model == "tiny":
         template = EMBEDDED_TEMPLATE
     results: dict[str, dict[str, float]] = {}
-    try:
+    # the MLflow run ends FINISHED, or FAILED (KILLED) when the evaluation raises (is interrupted), and the error
+    # propagates, so the Prefect flow run fails too
+    with closing_run(tracker), closing(engine):
         for name in benchmarks:
             spec = BENCHMARKS.get(name)
             problems = load_benchmark(name, (data_paths or {}).get(name), limit=limit, template=template)
             n = k or spec.k
             with VERIFIERS.get(spec.verifier)() as scorer:
                 metrics, rows = evaluate_policy(
-                    engine, tokenizer, scorer, problems, k=n, temperature=temperature or spec.temperature,
-                    top_p=top_p or spec.top_p, max_new_tokens=max_new_tokens, seed=derive_seed(seed, name, 0),
-                    pass_ks=tuple(j for j in (1, 4, 8, 16, 32) if j <= n), prefix=f"eval/{name}",
-                )  # fmt: skip
+                    engine,
+                    tokenizer,
+                    scorer,
+                    problems,
+                    k=n,
+                    temperature=temperature or spec.temperature,
+                    top_p=top_p or spec.top_p,
+                    max_new_tokens=max_new_tokens,
+                    seed=derive_seed(seed, name, 0),
+                    pass_ks=tuple(j for j in (1, 4, 8, 16, 32) if j <= n),
+                    prefix=f"eval/{name}",
+                )
             gen_path = out / f"generations-{name}.parquet"
             pq.write_table(pa.Table.from_pylist(rows), gen_path)
             tracker.log_metrics(metrics, step=0)
@@ -93,7 +105,4 @@ def evaluate(
         (out / "results.md").write_text(table + "\n")
         tracker.log_artifact(out / "results.md")
         create_markdown_artifact(table, key="steer-eval-results", description=f"evaluation of {model}")
-    finally:
-        tracker.close()
-        engine.close()
     return results

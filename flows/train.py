@@ -9,11 +9,13 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any, Literal
 
 from prefect import flow
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from steer.config import RunConfig
+from steer.algorithms import ALGORITHMS
+from steer.config import RunConfig, load_config, preset_names
 from steer.diagnostics import logp_mismatch, rollout_metrics
 from steer.rollout_store import remove_steps_after
 from steer.runtime import DataOrder, derive_seed, open_runtime
@@ -24,6 +26,27 @@ from tasks.evaluate import evaluate_policy
 from tasks.persist import checkpoint, log_metrics, write_rollouts
 from tasks.rl import generate_rollouts, score_rollouts, sync_weights, update_policy
 from tasks.tracking import MlflowTracker
+
+AlgorithmName = Literal[tuple(ALGORITHMS.names())]  # a drop-down in the Prefect UI
+PresetName = Literal[tuple(preset_names())]
+
+
+@flow(name="steer-train-preset", log_prints=True, persist_result=False)
+def train_preset(
+    preset: PresetName = "tiny",
+    algorithm: AlgorithmName = "steer",
+    overrides: dict[str, Any] | None = None,
+) -> dict:
+    """Train a preset with an algorithm chosen by name: the config is resolved by ``steer.config.load_config`` (the
+    resolver ``steer train`` uses), then the ``train`` flow runs it.
+
+    Args:
+        preset: run preset (steer/presets/*.yaml): tiny, study, smollm2.
+        algorithm: algorithm preset by name (steer.algorithms.ALGORITHMS): grpo, steer, clip_cov, ...
+        overrides: dotted or nested settings over both, e.g. {"steps": 10, "output_dir": "runs/ui-train",
+            "algorithm.token_weighting.lambda_min": 0.8}.
+    """
+    return train(load_config(preset, overrides, algorithm=algorithm))
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -60,9 +83,17 @@ def train(config: RunConfig) -> dict:
             seed = derive_seed(config.seed, "eval", updates_done)
             e = config.eval
             metrics, _ = evaluate_policy(
-                rt.engine, rt.tokenizer, scorer, heldout, k=e.samples_per_prompt, temperature=e.temperature,
-                top_p=e.top_p, max_new_tokens=e.max_new_tokens, seed=seed, instruction=instruction,
-            )  # fmt: skip
+                rt.engine,
+                rt.tokenizer,
+                scorer,
+                heldout,
+                k=e.samples_per_prompt,
+                temperature=e.temperature,
+                top_p=e.top_p,
+                max_new_tokens=e.max_new_tokens,
+                seed=seed,
+                instruction=instruction,
+            )
             metrics["eval/accuracy"] = metrics[f"eval/avg_at_{e.samples_per_prompt}"]
             evals[updates_done] = metrics
             log_metrics(tracker, evals[updates_done], updates_done)
@@ -70,7 +101,6 @@ def train(config: RunConfig) -> dict:
         # 3. held-out accuracy of the starting policy
         if rt.start_step == 0:
             evaluate(0)
-        history: list[dict[str, float]] = []
         columns = [TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}")]
         progress = stack.enter_context(Progress(*columns, TimeElapsedColumn(), transient=False))
         bar = progress.add_task("", total=config.steps, completed=rt.start_step)
@@ -97,17 +127,19 @@ def train(config: RunConfig) -> dict:
             write_rollouts(str(out), tracker.run_id, step, problems, prompts, rollout, scores, batch, result)
             t4 = time.perf_counter()
             metrics = {
-                **rollout_metrics(scores["rewards"], scores["correct"], rollout.group_index, rollout.response_mask,
-                                  rollout.truncated),
+                **rollout_metrics(
+                    scores["rewards"], scores["correct"], rollout.group_index, rollout.response_mask, rollout.truncated
+                ),
                 **result.metrics,
                 **logp_mismatch(rollout.sampling_logp, batch.old_logp, batch.response_mask),
                 "rollout/entropy": float((batch.old_entropy * batch.response_mask).sum() / batch.response_mask.sum()),
-                "timing/rollout": t1 - t0, "timing/score": t2 - t1, "timing/update": t3 - t2,
+                "timing/rollout": t1 - t0,
+                "timing/score": t2 - t1,
+                "timing/update": t3 - t2,
                 "timing/persist": t4 - t3,
-            }  # fmt: skip
+            }
             metrics["timing/step"] = time.perf_counter() - t0
             log_metrics(tracker, metrics, step)
-            history.append(metrics)
             done = step + 1
             if _due(done, config.eval.every, config.steps):
                 evaluate(done)
@@ -116,12 +148,15 @@ def train(config: RunConfig) -> dict:
                 rt.extra = {"evals": evals}
                 checkpoint(rt, done, tracker, log_artifact=done == config.steps)
             progress.update(
-                bar, advance=1,
+                bar,
+                advance=1,
                 description=f"reward {metrics['reward/mean']:+.3f}  acc {metrics['reward/accuracy']:.3f}  "
                 f"entropy {metrics['rollout/entropy']:.3f}",
-            )  # fmt: skip
+            )
 
         first, last = evals.get(0, {}), evals[max(evals)] if evals else {}
+        # from the run's history: after a resume, this process saw only the steps since the checkpoint
+        entropy = tracker.metric_history("rollout/entropy")
         return {
             "algorithm": config.algorithm.name,
             "steps": config.steps,
@@ -129,8 +164,8 @@ def train(config: RunConfig) -> dict:
             "heldout_accuracy_before": first.get("eval/accuracy"),
             "heldout_accuracy_after": last.get("eval/accuracy"),
             "evals": {str(k): v for k, v in sorted(evals.items())},
-            "entropy_first": history[0]["rollout/entropy"] if history else None,
-            "entropy_last": history[-1]["rollout/entropy"] if history else None,
+            "entropy_first": entropy[min(entropy)] if entropy else None,
+            "entropy_last": entropy[max(entropy)] if entropy else None,
             "mlflow_run_id": tracker.run_id,
             "mlflow_tracking_uri": tracker.tracking_uri,
             "rollouts_dir": str(out / "rollouts"),

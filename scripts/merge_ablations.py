@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
-from steer.report import render_report
-from tasks.report import child_runs, load_metrics, load_weight_histograms
+from steer.comparison import render_report
+from tasks.comparison import child_runs, load_metrics, load_weight_histograms
 
 
 def read_part(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from steer.algorithms import ALGORITHMS
-from steer.config import ConfigError, RunConfig, _merge, _set_dotted, load_config
+from steer.config import ConfigError, RunConfig, load_config, merge, nest
 
 ARM_NAME = re.compile(r"[a-z0-9_.\-]+")
 """Arm names become folder names and MLflow tag values: lower case, digits, ``_ . -``."""
@@ -33,8 +33,8 @@ class ArmSpec(BaseModel):
     algorithm: str = Field(description="Algorithm preset (steer.algorithms.ALGORITHMS): grpo, steer, clip_cov, ...")
     overrides: dict[str, Any] = Field(
         default_factory=dict,
-        description="Dotted run settings for this arm only, e.g. {'algorithm.steer_lambda_min': 0.6}; they win over "
-        "the ablation-wide overrides.",
+        description="Dotted run settings for this arm only, e.g. {'algorithm.token_weighting.lambda_min': 0.6}; they "
+        "win over the ablation-wide overrides.",
     )
 
     @field_validator("name")
@@ -53,7 +53,9 @@ class ArmSpec(BaseModel):
 
 
 def _steer(lambda_min: float) -> ArmSpec:
-    return ArmSpec(name=f"steer_{lambda_min}", algorithm="steer", overrides={"algorithm.steer_lambda_min": lambda_min})
+    return ArmSpec(
+        name=f"steer_{lambda_min}", algorithm="steer", overrides={"algorithm.token_weighting.lambda_min": lambda_min}
+    )
 
 
 DEFAULT_ARMS: list[ArmSpec] = [
@@ -74,7 +76,7 @@ def _scope(scope: str, lambda_min: float = 0.7) -> ArmSpec:
     return ArmSpec(
         name=f"steer_{lambda_min}_{scope}",
         algorithm="steer",
-        overrides={"algorithm.steer_lambda_min": lambda_min, "algorithm.steer_scope": scope},
+        overrides={"algorithm.token_weighting.lambda_min": lambda_min, "algorithm.token_weighting.normaliser": scope},
     )
 
 
@@ -90,8 +92,13 @@ class Study:
 
     def config(self, **changes: Any) -> AblationConfig:
         """The study as an ``AblationConfig``; ``changes`` replace its fields (seeds, steps, overrides, ...)."""
-        base = dict(preset=self.preset, arms=list(self.arms), seeds=list(self.seeds), output_root=self.output_root,
-                    experiment=self.experiment)  # fmt: skip
+        base = dict(
+            preset=self.preset,
+            arms=list(self.arms),
+            seeds=list(self.seeds),
+            output_root=self.output_root,
+            experiment=self.experiment,
+        )
         return AblationConfig(**{**base, **{k: v for k, v in changes.items() if v is not None}})
 
 
@@ -138,14 +145,6 @@ def select_arms(names: list[str]) -> list[ArmSpec]:
         else:
             valid = sorted(set(by_name) | set(ALGORITHMS.names()))
             raise ConfigError(f"unknown arm {n!r}: use one of {', '.join(valid)}")
-    return out
-
-
-def nest(dotted: dict[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}`` (nested values merge as they are)."""
-    out: dict[str, Any] = {}
-    for key, value in dotted.items():
-        _set_dotted(out, key, value)
     return out
 
 
@@ -212,14 +211,14 @@ class AblationConfig(BaseModel):
 
     def run_config(self, arm: ArmSpec, seed: int, root: Path) -> RunConfig:
         """The run of ``arm`` with ``seed``: preset < ablation overrides < arm overrides < (algorithm, seed, ...)."""
-        over = _merge(nest(self.overrides), nest(arm.overrides))
+        over = merge(nest(self.overrides), nest(arm.overrides))
         fixed: dict[str, Any] = {"seed": seed, "output_dir": str(root / arm.name / f"seed-{seed}")}
         fixed["experiment"] = self.experiment
         if self.steps is not None:
             fixed["steps"] = self.steps
-        over = _merge(over, {**fixed, "algorithm": {"name": arm.algorithm}})
+        over = merge(over, fixed)
         try:
-            return load_config(self.preset, over)
+            return load_config(self.preset, over, algorithm=arm.algorithm)
         except ConfigError as e:
             raise ConfigError(f"arm {arm.name!r}, seed {seed}: {e}") from None
 

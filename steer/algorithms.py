@@ -1,120 +1,228 @@
-"""Algorithms as named settings over the core pieces, and the per-micro-batch objective they define.
+"""Algorithms as named settings over the core pieces: the typed, sectioned ``AlgorithmConfig`` and its presets.
 
-An algorithm is one ``AlgorithmConfig``: which advantage estimator, which per-token policy loss, which token
-weighting (none, STEER, fork tokens), which advantage shaping, and the optional entropy and KL terms. The presets in
-``ALGORITHMS`` are the paper's arms (method.md, "Baselines"); ``get_algorithm("steer", lambda_min=0.8)`` overrides
-single fields. ``policy_objective`` is the only place where the pieces meet:
+An algorithm is one ``AlgorithmConfig``: the advantage estimator, the PPO clip range, and one section per component,
+each a pydantic discriminated union on ``name`` that carries only that component's own fields:
 
-    loss = aggregate(loss_mat * weights, mask, mode, counts) - entropy_coef * aggregate(H) + kl_coef * aggregate(kl)
+- ``policy_loss``: ppo_clip | clip_cov | kl_cov | reinforce (``steer.losses``);
+- ``token_weighting``: none | steer | fork_tokens (``steer.reweighting``, ``steer.interventions``);
+- ``advantage_shaping``: none | entropy_aware (``steer.interventions``);
 
-The per-token loss, the weights and the aggregation stay separate (style.md, principle 3).
+plus the aggregation mode and the optional entropy and KL terms. ``steer.objective.build_objective`` turns a config
+into the callable objective once; nothing below it reads the config. The presets in ``ALGORITHMS`` are the paper's
+arms (method.md, "Baselines"); ``resolve_algorithm("steer", {"token_weighting": {"lambda_min": 0.8}})`` overrides
+single fields of a preset (a section without ``name`` keeps the preset's component).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch import Tensor
 
 from steer.advantages import ADVANTAGE_ESTIMATORS
-from steer.aggregation import AGGREGATIONS, aggregate
-from steer.interventions import ADVANTAGE_SHAPINGS, fork_token_weights
-from steer.losses import KL_ESTIMATORS, POLICY_LOSSES, entropy_bonus, kl_penalty
+from steer.aggregation import AGGREGATIONS
+from steer.losses import KL_ESTIMATORS
+from steer.normalisers import NORMALISERS
 from steer.registry import Registry
-from steer.reweighting import (
-    OMEGA_FORMS,
-    WEIGHT_MAPS,
-    estimate_entropy_change,
-    quadrant_stats,
-    token_weights,
-    weight_stats,
-)
-
-SteerScope = Literal["micro", "mini", "rollout", "running"]
+from steer.reweighting import OMEGA_FORMS, WEIGHT_MAPS
 
 
-class AlgorithmConfig(BaseModel):
-    """One RL algorithm: every knob of the objective. Field help texts appear in the CLI and the Prefect UI."""
+class _Section(BaseModel):
+    """A config section: unknown fields are errors; a component section's fields are its function's keywords."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    name: str = Field("steer", description="Preset this config started from (see ALGORITHMS); informational.")
-    advantage_estimator: str = Field(
-        "grpo", description="Outcome advantage: grpo (group z-score), drgrpo, rloo, opo, w_reinforce."
-    )
-    policy_loss: str = Field(
-        "ppo_clip", description="Per-token loss: ppo_clip, clip_cov (Cui et al. 2025), kl_cov, reinforce."
-    )
-    eps_low: float = Field(0.2, ge=0, description="PPO lower clip: ratio floor 1 - eps_low (paper: 0.2).")
+
+def _check(field: str, value: str, registry: Registry) -> None:
+    if value not in registry:
+        raise ValueError(f"{field}={value!r} is not one of: {', '.join(registry.names())}")
+
+
+# ------------------------------------------------------------------------------------------------- clip range
+class ClipRange(_Section):
+    """PPO's trust region, shared by the clipped losses and by Omega's clip indicator."""
+
+    eps_low: float = Field(0.2, ge=0, lt=1, description="PPO lower clip: ratio floor 1 - eps_low (paper: 0.2).")
     eps_high: float = Field(
         0.28, ge=0, description="PPO upper clip 1 + eps_high. 0.28 is DAPO's clip-higher, which the paper uses."
     )
     dual_clip_c: float | None = Field(
         10.0, description="Dual-clip bound for A < 0 (Ye et al. 2020; paper: 10). None disables it."
     )
+
+
+# ------------------------------------------------------------------------------------------------ policy loss
+class PpoClipLoss(_Section):
+    """PPO's clipped surrogate (Schulman et al. 2017) with clip-higher and dual clip."""
+
+    name: Literal["ppo_clip"] = "ppo_clip"
+
+
+class ClipCovLoss(_Section):
+    """Clip-Cov (Cui et al. 2025): the gradient of a random few high-covariance tokens is cut."""
+
+    name: Literal["clip_cov"] = "clip_cov"
+    clip_ratio: float = Field(2e-4, gt=0, le=1, description="Fraction of tokens whose loss is cut.")
+    cov_lb: float = Field(1.0, description="Lower covariance bound of the candidate tokens.")
+    cov_ub: float = Field(5.0, description="Upper covariance bound of the candidate tokens.")
+
+
+class KlCovLoss(_Section):
+    """KL-Cov (Cui et al. 2025): a KL term on the top tokens by covariance."""
+
+    name: Literal["kl_cov"] = "kl_cov"
+    kl_cov_ratio: float = Field(2e-3, gt=0, le=1, description="Fraction of tokens (top by cov) penalised.")
+    kl_coef: float = Field(1.0, ge=0, description="Coefficient of |log p - log p_old| on those tokens.")
+
+
+class ReinforceLoss(_Section):
+    """Unclipped REINFORCE, -A log p (paired with the W-REINFORCE advantage)."""
+
+    name: Literal["reinforce"] = "reinforce"
+
+
+PolicyLoss = Annotated[PpoClipLoss | ClipCovLoss | KlCovLoss | ReinforceLoss, Field(discriminator="name")]
+
+
+# -------------------------------------------------------------------------------------------- token weighting
+class NoWeighting(_Section):
+    """Every token weighs 1 (GRPO and the other baselines)."""
+
+    name: Literal["none"] = "none"
+
+
+class SteerWeighting(_Section):
+    """STEER (arXiv 2510.10150): w = exp(ln(lambda_min) |Omega| / M), Omega the predicted entropy change."""
+
+    name: Literal["steer"] = "steer"
+    lambda_min: float = Field(
+        0.7, gt=0, le=1, description="Weight at the largest |Omega|. Paper 0.7, released script 0.8; 1 = off."
+    )
+    form: str = Field(
+        "first_order",
+        description="Omega form: first_order (Theorem 1, with I_clip and H under the current policy) or released "
+        "(-(A/p_old) p(1-p)(log p + H_old), heavy-tailed through 1/p_old).",
+    )
+    map: str = Field("exp", description="Weight map: exp (the paper), linear ([0.8, 1.2]), asymmetric.")
+    normaliser: str = Field(
+        "micro",
+        description="Scope of the normaliser M = max|Omega| (steer.normalisers): micro (the paper and released "
+        "code, for which lambda_min was tuned; makes the micro-batch size a hyperparameter), mini (one optimizer "
+        "step; costs one no-grad forward), rollout (Omega at the rollout policy, r = 1), running (running maximum "
+        "over micro-batches).",
+    )
+    floor: float = Field(0.0, ge=0, description="Lower bound on M; the released code uses 0.02.")
+    running_decay: float = Field(
+        0.99, gt=0, le=1, description="Running normaliser: M <- max(M_micro, decay * M); 1 keeps the all-time max."
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> SteerWeighting:
+        _check("form", self.form, OMEGA_FORMS)
+        _check("map", self.map, WEIGHT_MAPS)
+        _check("normaliser", self.normaliser, NORMALISERS)
+        return self
+
+
+class ForkTokenWeighting(_Section):
+    """Fork tokens / 80-20 (Wang et al. 2025): only the highest-entropy tokens keep their gradient."""
+
+    name: Literal["fork_tokens"] = "fork_tokens"
+    top_rho: float = Field(0.2, gt=0, le=1, description="Share of highest-entropy tokens kept.")
+
+
+TokenWeighting = Annotated[NoWeighting | SteerWeighting | ForkTokenWeighting, Field(discriminator="name")]
+
+
+# ------------------------------------------------------------------------------------------ advantage shaping
+class NoShaping(_Section):
+    """The outcome advantage as it is, on every token of the response."""
+
+    name: Literal["none"] = "none"
+
+
+class EntropyAwareShaping(_Section):
+    """Entropy-aware advantage (Cheng et al. 2025): A_t + min(alpha H_t, |A_t| / kappa)."""
+
+    name: Literal["entropy_aware"] = "entropy_aware"
+    alpha: float = Field(0.4, ge=0, description="Bonus scale alpha.")
+    kappa: float = Field(2.0, gt=1, description="Bonus capped at |A| / kappa.")
+
+
+AdvantageShaping = Annotated[NoShaping | EntropyAwareShaping, Field(discriminator="name")]
+
+SECTIONS: dict[str, tuple[type[_Section], ...]] = {  # the first variant is the default
+    "policy_loss": (PpoClipLoss, ClipCovLoss, KlCovLoss, ReinforceLoss),
+    "token_weighting": (NoWeighting, SteerWeighting, ForkTokenWeighting),
+    "advantage_shaping": (NoShaping, EntropyAwareShaping),
+}
+"""The component sections of ``AlgorithmConfig``: field -> its variants (each chosen by its ``name``)."""
+
+
+MOVED_FIELDS: dict[str, str] = {
+    "eps_low": "clip.eps_low",
+    "eps_high": "clip.eps_high",
+    "dual_clip_c": "clip.dual_clip_c",
+    "clip_cov_ratio": "policy_loss.clip_ratio",
+    "clip_cov_lb": "policy_loss.cov_lb",
+    "clip_cov_ub": "policy_loss.cov_ub",
+    "kl_cov_ratio": "policy_loss.kl_cov_ratio",
+    "kl_cov_coef": "policy_loss.kl_coef",
+    "steer_lambda_min": "token_weighting.lambda_min",
+    "steer_form": "token_weighting.form",
+    "steer_map": "token_weighting.map",
+    "steer_scope": "token_weighting.normaliser",
+    "steer_floor": "token_weighting.floor",
+    "steer_running_decay": "token_weighting.running_decay",
+    "fork_top_rho": "token_weighting.top_rho",
+    "eaa_alpha": "advantage_shaping.alpha",
+    "eaa_kappa": "advantage_shaping.kappa",
+}
+"""The flat fields of the earlier one-level AlgorithmConfig -> where each lives now (for the error message)."""
+
+
+class AlgorithmConfig(_Section):
+    """One RL algorithm: the knobs of its objective, one section per component. Field help texts appear in
+    ``steer train --help-config`` and the Prefect UI, which shows only the chosen variant's fields."""
+
+    name: str = Field("steer", description="Preset this config started from (see ALGORITHMS); informational.")
+    advantage_estimator: str = Field(
+        "grpo", description="Outcome advantage: grpo (group z-score), drgrpo, rloo, opo, w_reinforce."
+    )
+    clip: ClipRange = Field(default_factory=ClipRange, description="PPO clip range (losses and Omega's I_clip).")
+    policy_loss: PolicyLoss = Field(
+        default_factory=PpoClipLoss, description="Per-token loss: ppo_clip, clip_cov, kl_cov, reinforce."
+    )
     loss_agg_mode: str = Field(
         "token-mean",
         description="token-mean (DAPO, the paper), seq-mean-token-mean (original GRPO; favours short answers), "
         "seq-mean-token-sum, seq-mean-token-sum-norm (Dr.GRPO).",
     )
-    clip_cov_ratio: float = Field(2e-4, gt=0, le=1, description="Clip-Cov: fraction of tokens whose loss is cut.")
-    clip_cov_lb: float = Field(1.0, description="Clip-Cov: lower covariance bound of the candidate tokens.")
-    clip_cov_ub: float = Field(5.0, description="Clip-Cov: upper covariance bound of the candidate tokens.")
-    kl_cov_ratio: float = Field(2e-3, gt=0, le=1, description="KL-Cov: fraction of tokens (top by cov) penalised.")
-    kl_cov_coef: float = Field(1.0, ge=0, description="KL-Cov: coefficient of |log p - log p_old| on those tokens.")
+    token_weighting: TokenWeighting = Field(
+        default_factory=NoWeighting, description="Token weights: none, steer, fork_tokens."
+    )
+    advantage_shaping: AdvantageShaping = Field(
+        default_factory=NoShaping, description="Per-token advantage shaping: none or entropy_aware."
+    )
     entropy_coef: float = Field(
         0.0, ge=0, description="Entropy bonus beta (loss - beta * H). 1e-4..1e-3 barely acts; 0.01 explodes."
     )
     kl_coef: float = Field(0.0, ge=0, description="KL penalty to the reference policy; 0 (the paper) skips it.")
     kl_estimator: str = Field("k3", description="KL estimator: k1, k2, k3 (Schulman's, non-negative).")
-    token_weighting: str = Field("none", description="Token weights: none, steer, fork_tokens.")
-    steer_lambda_min: float = Field(
-        0.7, gt=0, le=1, description="STEER: weight at the largest |Omega|. Paper 0.7, released script 0.8; 1 = off."
-    )
-    steer_form: str = Field(
-        "first_order",
-        description="Omega form: first_order (Theorem 1, with I_clip and H under the current policy) or released "
-        "(-(A/p_old) p(1-p)(log p + H_old), heavy-tailed through 1/p_old).",
-    )
-    steer_map: str = Field("exp", description="Weight map: exp (the paper), linear ([0.8, 1.2]), asymmetric.")
-    steer_scope: SteerScope = Field(
-        "micro",
-        description="Scope of the normaliser M = max|Omega|: micro (the paper and released code, for which "
-        "lambda_min was tuned; makes the micro-batch size a hyperparameter), mini (one optimizer step; costs one "
-        "no-grad forward), rollout (Omega at the rollout policy, r = 1), running (running maximum over "
-        "micro-batches).",
-    )
-    steer_floor: float = Field(0.0, ge=0, description="Lower bound on M; the released code uses 0.02.")
-    steer_running_decay: float = Field(
-        0.99, gt=0, le=1, description="Running scope: M <- max(M_micro, decay * M); 1 keeps the all-time max."
-    )
-    fork_top_rho: float = Field(0.2, gt=0, le=1, description="Fork tokens: share of highest-entropy tokens kept.")
-    advantage_shaping: str = Field("none", description="none or entropy_aware (Cheng et al. 2025).")
-    eaa_alpha: float = Field(0.4, ge=0, description="Entropy-aware advantage: bonus scale alpha.")
-    eaa_kappa: float = Field(2.0, gt=1, description="Entropy-aware advantage: bonus capped at |A| / kappa.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_by_name(cls, data: Any) -> Any:
+        """A component given as a bare name (``policy_loss: clip_cov``) is its section with defaults."""
+        if isinstance(data, dict):
+            data = {k: {"name": v} if k in SECTIONS and isinstance(v, str) else v for k, v in data.items()}
+        return data
 
     @model_validator(mode="after")
     def _check_names(self) -> AlgorithmConfig:
-        checks = {
-            "advantage_estimator": ADVANTAGE_ESTIMATORS,
-            "policy_loss": POLICY_LOSSES,
-            "loss_agg_mode": AGGREGATIONS,
-            "kl_estimator": KL_ESTIMATORS,
-            "token_weighting": TOKEN_WEIGHT_SOURCES,
-            "steer_form": OMEGA_FORMS,
-            "steer_map": WEIGHT_MAPS,
-        }
-        for field, registry in checks.items():
-            value = getattr(self, field)
-            if value not in registry:
-                raise ValueError(f"{field}={value!r} is not one of: {', '.join(registry.names())}")
-        if self.advantage_shaping != "none" and self.advantage_shaping not in ADVANTAGE_SHAPINGS:
-            raise ValueError(f"advantage_shaping={self.advantage_shaping!r} is not one of: none, entropy_aware")
-        if self.eps_low >= 1:
-            raise ValueError(f"eps_low={self.eps_low} must be < 1 (the ratio floor 1 - eps_low must stay positive)")
+        _check("advantage_estimator", self.advantage_estimator, ADVANTAGE_ESTIMATORS)
+        _check("loss_agg_mode", self.loss_agg_mode, AGGREGATIONS)
+        _check("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         return self
 
 
@@ -122,7 +230,7 @@ class AlgorithmConfig(BaseModel):
 ALGORITHMS: Registry = Registry("algorithm")
 _PRESETS: dict[str, dict] = {
     # GRPO with the classic symmetric clip.
-    "grpo": dict(eps_high=0.2),
+    "grpo": dict(clip=dict(eps_high=0.2)),
     # DAPO's clip-higher: eps_high = 0.28 lets low-probability tokens grow.
     "clip_higher": dict(),
     # Clip-higher plus an entropy bonus (the paper's "entropy regularization" arm).
@@ -136,122 +244,39 @@ _PRESETS: dict[str, dict] = {
     # REINFORCE on raw +1/-1 rewards with positive samples down-weighted (lambda = 0.1).
     "w_reinforce": dict(advantage_estimator="w_reinforce", policy_loss="reinforce"),
 }
-
-
 for _name, _overrides in _PRESETS.items():
     ALGORITHMS.register(_name)(_overrides)
 
 
-def get_algorithm(name: str, **overrides) -> AlgorithmConfig:
-    """The preset ``name`` with ``overrides`` applied; a bad field or value raises with the fix in the message."""
-    return AlgorithmConfig(**{"name": name, **ALGORITHMS.get(name), **overrides})
+def _as_section(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
 
 
-# ------------------------------------------------------------------------------------------- token weight sources
-@dataclass
-class TokenContext:
-    """Tensors of one micro-batch that token weightings may read. All (N, T) except ``advantages``."""
-
-    logp: Tensor  # detached current log-probs
-    old_logp: Tensor
-    entropy: Tensor  # detached current entropy
-    old_entropy: Tensor
-    advantages: Tensor  # (N,) or (N, T)
-    mask: Tensor
-    omega: Tensor  # predicted entropy change for the configured form
-    steer_max_abs: Tensor | None  # normaliser M from a wider scope, or None for this micro-batch's max
-
-
-TOKEN_WEIGHT_SOURCES: Registry = Registry("token weighting")
-
-
-@TOKEN_WEIGHT_SOURCES.register("none")
-def _no_weights(ctx: TokenContext, cfg: AlgorithmConfig) -> Tensor:
-    return torch.ones_like(ctx.mask)
+def merge_algorithm(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base`` (both raw algorithm dicts). A component section of ``over`` without ``name``
+    refines ``base``'s component; one with another ``name`` replaces it (the other variant's fields do not carry)."""
+    out = dict(base)
+    for key, value in over.items():
+        if key in SECTIONS:
+            old = _as_section(out.get(key)) or {"name": SECTIONS[key][0].model_fields["name"].default}
+            new = _as_section(value)
+            if isinstance(new, dict) and isinstance(old, dict):
+                same = new.get("name", old.get("name")) == old.get("name")
+                value = {**old, **new} if same else dict(new)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            value = {**out[key], **value}
+        out[key] = value
+    return out
 
 
-@TOKEN_WEIGHT_SOURCES.register("steer")
-def _steer_weights(ctx: TokenContext, cfg: AlgorithmConfig) -> Tensor:
-    params = {} if cfg.steer_map == "linear" else dict(lambda_min=cfg.steer_lambda_min)
-    return token_weights(cfg.steer_map, ctx.omega, ctx.mask, floor=cfg.steer_floor, max_abs=ctx.steer_max_abs, **params)
+def resolve_algorithm(name: str, overrides: dict[str, Any] | None = None) -> AlgorithmConfig:
+    """The preset ``name`` with nested ``overrides`` merged in (``merge_algorithm``), validated. Raises a
+    ``ValueError`` for an unknown preset and pydantic's ``ValidationError`` (with field paths) for bad settings."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"algorithm.name={name!r} is not one of: {', '.join(ALGORITHMS.names())}")
+    return AlgorithmConfig(**merge_algorithm({"name": name, **ALGORITHMS.get(name)}, overrides or {}))
 
 
-@TOKEN_WEIGHT_SOURCES.register("fork_tokens")
-def _fork_weights(ctx: TokenContext, cfg: AlgorithmConfig) -> Tensor:
-    return fork_token_weights(ctx.entropy, ctx.mask, top_rho=cfg.fork_top_rho)
-
-
-# ------------------------------------------------------------------------------------------------- the objective
-def omega_for(cfg: AlgorithmConfig, logp, old_logp, entropy, old_entropy, advantages, mask) -> Tensor:
-    """Omega (N, T) in the configured form: first_order reads the current H, released the rollout-time H_old."""
-    h = entropy if cfg.steer_form == "first_order" else old_entropy
-    return estimate_entropy_change(
-        logp.detach(), old_logp, h.detach(), advantages, mask, form=cfg.steer_form, eps_low=cfg.eps_low,
-        eps_high=cfg.eps_high,
-    )  # fmt: skip
-
-
-def policy_loss_kwargs(cfg: AlgorithmConfig) -> dict:
-    """The keyword arguments of the configured per-token loss (each loss rejects keywords it does not know)."""
-    common = dict(eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip_c=cfg.dual_clip_c)
-    extra = {
-        "clip_cov": dict(clip_ratio=cfg.clip_cov_ratio, cov_lb=cfg.clip_cov_lb, cov_ub=cfg.clip_cov_ub),
-        "kl_cov": dict(kl_cov_ratio=cfg.kl_cov_ratio, kl_coef=cfg.kl_cov_coef),
-    }
-    return {**common, **extra.get(cfg.policy_loss, {})}
-
-
-def policy_objective(
-    cfg: AlgorithmConfig,
-    *,
-    logp: Tensor,
-    old_logp: Tensor,
-    entropy: Tensor,
-    old_entropy: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    num_tokens: float | Tensor,
-    num_seqs: int,
-    max_len: int,
-    steer_max_abs: Tensor | None = None,
-    ref_logp: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
-    """The loss of one micro-batch, scaled so that summing it over the micro-batches of a mini-batch gives the
-    mini-batch loss (the global counts ``num_tokens``, ``num_seqs``, ``max_len`` belong to the mini-batch).
-
-    Args:
-        logp, entropy: (N, T) under the parameters being trained, with gradient.
-        old_logp, old_entropy: (N, T) under the rollout policy, detached.
-        advantages: (N,) per response. mask: (N, T).
-        steer_max_abs: STEER's normaliser from a wider scope (None: this micro-batch's maximum).
-        ref_logp: (N, T) reference log-probs, needed when ``cfg.kl_coef > 0``.
-    Returns:
-        loss (scalar), metrics (0-dim tensors, micro-batch means), per-token tensors (N, T): omega, weights,
-        advantages (after shaping) for persistence.
-    """
-    adv = advantages
-    if cfg.advantage_shaping != "none":
-        adv = ADVANTAGE_SHAPINGS.get(cfg.advantage_shaping)(
-            advantages, entropy.detach(), mask, alpha=cfg.eaa_alpha, kappa=cfg.eaa_kappa
-        )  # (N, T)
-    loss_mat, metrics = POLICY_LOSSES.get(cfg.policy_loss)(
-        logp, old_logp, adv, mask, generator=generator, **policy_loss_kwargs(cfg)
-    )  # (N, T)
-    omega = omega_for(cfg, logp, old_logp, entropy, old_entropy, adv, mask)  # (N, T), a diagnostic for every arm
-    ctx = TokenContext(logp.detach(), old_logp, entropy.detach(), old_entropy, adv, mask, omega, steer_max_abs)
-    weights = TOKEN_WEIGHT_SOURCES.get(cfg.token_weighting)(ctx, cfg)  # (N, T), detached
-    counts = dict(num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len)
-    pg_loss = aggregate(loss_mat * weights, mask, cfg.loss_agg_mode, **counts)
-    loss = pg_loss
-    if cfg.entropy_coef > 0:
-        loss = loss + aggregate(entropy_bonus(entropy, cfg.entropy_coef), mask, cfg.loss_agg_mode, **counts)
-    if cfg.kl_coef > 0:
-        if ref_logp is None:
-            raise ValueError("kl_coef > 0 needs ref_logp: set kl_coef=0 or keep a reference model")
-        kl = kl_penalty(logp, ref_logp, cfg.kl_estimator)  # (N, T)
-        loss = loss + cfg.kl_coef * aggregate(kl, mask, cfg.loss_agg_mode, **counts)
-    metrics = {**metrics, "actor/pg_loss": pg_loss.detach()}
-    metrics.update(weight_stats(omega, weights, mask))
-    metrics.update(quadrant_stats(omega, logp.detach(), entropy.detach(), adv, mask))
-    return loss, metrics, {"omega": omega, "weights": weights, "advantages": adv}
+def get_algorithm(name: str, **overrides: Any) -> AlgorithmConfig:
+    """``resolve_algorithm(name, overrides)`` with the overrides as keywords."""
+    return resolve_algorithm(name, overrides)

@@ -1,9 +1,9 @@
 """The training run's configuration: typed, validated pydantic models with one help text per field.
 
 A run is ``RunConfig``: model, data, rollout, optimisation, evaluation and the algorithm (``AlgorithmConfig``).
-Presets live in ``steer/presets/*.yaml`` (their comments show the batch arithmetic); ``load_config`` reads one and
-applies ``key=value`` overrides with dotted keys, e.g. ``algorithm.steer_lambda_min=0.8``. Every error names the
-field and the fix. Prefect turns these models into forms in its UI.
+Presets live in ``steer/presets/*.yaml`` (their comments show the batch arithmetic); ``load_config``, the one
+resolver, reads one and applies overrides with dotted keys, e.g. ``algorithm.token_weighting.lambda_min=0.8``. Every
+error names the field and the fix. Prefect turns these models into forms in its UI.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from steer.algorithms import ALGORITHMS, AlgorithmConfig, get_algorithm
+from steer.algorithms import ALGORITHMS, MOVED_FIELDS, SECTIONS, AlgorithmConfig, get_algorithm, merge_algorithm
 
 
 class _Section(BaseModel):
@@ -166,63 +166,123 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     d[leaf] = value
 
 
+def nest(settings: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1, "c": {"d": 2}}`` -> ``{"a": {"b": 1}, "c": {"d": 2}}``: dotted and nested keys merge."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        one: dict[str, Any] = {}
+        _set_dotted(one, key, nest(value) if isinstance(value, dict) else value)
+        out = merge(out, one)
+    return out
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["a.b=1", "c=x"]`` -> nested dict; values are parsed as YAML scalars (numbers, true/false, null)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: write key=value, e.g. algorithm.steer_lambda_min=0.8")
+            raise ConfigError(f"--set {pair!r}: write key=value, e.g. algorithm.token_weighting.lambda_min=0.8")
         _set_dotted(out, key.strip(), yaml.safe_load(raw) if raw else "")
     return out
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    """``over`` merged into ``base``, section by section (nested dicts merge, values replace)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
-def load_config(preset: str = "tiny", overrides: dict[str, Any] | None = None) -> RunConfig:
-    """The preset's config with ``overrides`` (nested dict) merged in; ``algorithm.name`` selects the base
-    algorithm preset before the other algorithm fields apply. Raises ``ConfigError`` naming the bad field."""
-    raw = _merge(_preset_dict(preset), overrides or {})
+def load_config(
+    preset: str = "tiny", overrides: dict[str, Any] | None = None, *, algorithm: str | None = None
+) -> RunConfig:
+    """THE resolver of a run's config (the CLI, the flows, the ablation and the studies all call it): the preset
+    file, then ``overrides`` (nested or dotted keys, ``nest``), validated.
+
+    The algorithm is the preset named by ``algorithm`` (else ``overrides``' ``algorithm.name``, else the preset
+    file's) with the other ``algorithm`` settings merged over it (``steer.algorithms.merge_algorithm``: a component
+    section without ``name`` refines the preset's component). Raises ``ConfigError`` naming the bad field and the fix.
+    """
+    raw = merge(_preset_dict(preset), nest(overrides or {}))
     raw.setdefault("preset", preset)
     algo = dict(raw.get("algorithm") or {})
-    name = algo.pop("name", "steer")
+    name = algorithm or algo.pop("name", "steer")
+    algo.pop("name", None)
     if name not in ALGORITHMS:
         raise ConfigError(f"algorithm.name={name!r} is not one of: {', '.join(ALGORITHMS.names())}")
+    raw["algorithm"] = merge_algorithm({"name": name, **ALGORITHMS.get(name)}, algo)
     try:
-        raw["algorithm"] = get_algorithm(name, **algo)
         return RunConfig(**raw)
     except ValidationError as e:
-        raise ConfigError(_explain(e)) from None
+        raise ConfigError(explain(e)) from None
 
 
-def _explain(e: ValidationError) -> str:
+def _unknown_field(loc: tuple) -> str:
+    """The fix for an unknown setting at ``loc``: a flat name that moved into a section, or a field of another
+    variant of a component section."""
+    *path, leaf = (str(p) for p in loc)
+    if path[-1:] == ["algorithm"] and leaf in MOVED_FIELDS:
+        return f"moved to algorithm.{MOVED_FIELDS[leaf]} (one section per component; --help-config lists them)"
+    if len(path) >= 3 and path[-3] == "algorithm" and path[-2] in SECTIONS:
+        section, variant = path[-2], path[-1]
+        owners = [v.model_fields["name"].default for v in SECTIONS[section] if leaf in v.model_fields]
+        if owners:
+            return (
+                f"not a setting of {section} {variant!r}; it belongs to {' or '.join(owners)}: set "
+                f"algorithm.{section}.name={owners[0]} (or choose such an algorithm)"
+            )
+        return f"not a setting of {section} {variant!r}; its settings: {', '.join(_own_fields(section, variant))}"
+    return "unknown setting; check the spelling (`steer train --help-config` lists every field)"
+
+
+def _own_fields(section: str, variant: str) -> list[str]:
+    model = next(v for v in SECTIONS[section] if v.model_fields["name"].default == variant)
+    return [f for f in model.model_fields if f != "name"] or ["(none)"]
+
+
+def explain(e: ValidationError) -> str:
+    """A pydantic error as ``field: what is wrong and how to fix it`` lines."""
     lines = []
     for err in e.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "config"
+        loc = tuple(str(p) for p in err["loc"])
+        # algorithm.<section>.<variant tag>.<field> -> algorithm.<section>.<field>
+        shown = [p for i, p in enumerate(loc) if not (i >= 2 and loc[i - 2] == "algorithm" and loc[i - 1] in SECTIONS)]
+        field = ".".join(shown) or "config"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown setting; check the spelling (`steer train --help-config` lists every field)"
+            msg = _unknown_field(loc)
+        elif err["type"] == "union_tag_invalid":
+            msg += f"; choose one of: {', '.join(str(v.model_fields['name'].default) for v in SECTIONS[str(loc[-1])])}"
         lines.append(f"{field}: {msg}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def config_help() -> str:
-    """Every field with its type, default and help text, section by section."""
+def config_help(config: RunConfig | None = None) -> str:
+    """Every field with its type, default and help text, section by section. With ``config``, a component section
+    lists only its chosen variant's fields (an algorithm's own knobs), with the config's values."""
     lines = []
 
-    def walk(model: type[BaseModel], prefix: str) -> None:
+    def walk(model: type[BaseModel], values: BaseModel | None, prefix: str) -> None:
         for name, f in model.model_fields.items():
+            value = getattr(values, name) if values is not None else None
             ann = f.annotation
             if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann, f"{prefix}{name}.")
+                walk(ann, value, f"{prefix}{name}.")
                 continue
-            default = f.default if f.default_factory is None else "(factory)"
+            if name in SECTIONS and prefix == "algorithm.":
+                variants = [type(value)] if value is not None else list(SECTIONS[name])
+                for v in variants:
+                    tag = v.model_fields["name"].default
+                    lines.append(f"{prefix}{name}.name = {tag!r}\n    {v.__doc__}")
+                    for sub, sf in v.model_fields.items():
+                        if sub != "name":
+                            shown = getattr(value, sub) if value is not None else sf.default
+                            lines.append(f"{prefix}{name}.{sub} = {shown!r}  [{name} {tag}]\n    {sf.description}")
+                continue
+            default = value if values is not None else f.default if f.default_factory is None else "(factory)"
             lines.append(f"{prefix}{name} = {default!r}\n    {f.description}")
 
-    walk(RunConfig, "")
+    walk(RunConfig, config, "")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor
 
+from steer.ops import token_advantages
 from steer.registry import Registry
 
 TOKEN_WEIGHTINGS: Registry = Registry("token weighting")
@@ -63,6 +64,6 @@ def entropy_aware_advantages(
     Returns:
         (N, T) shaped advantages, 0 on padding.
     """
-    adv = advantages[:, None].expand_as(entropy) if advantages.dim() == 1 else advantages  # (N,) -> (N, T)
+    adv = token_advantages(advantages, entropy)  # (N, T)
     bonus = torch.minimum(alpha * entropy, adv.abs() / kappa)
     return (adv + bonus) * mask

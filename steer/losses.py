@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 
+from steer.ops import masked_mean, token_advantages
 from steer.registry import Registry
 
 __all__ = [
@@ -78,15 +79,6 @@ def _register_policy_loss(name: str):
 
 
 # ----------------------------------------------------------------------------------------------------------- helpers
-def _broadcast_advantages(advantages: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(N,) or (N, T) advantages -> (N, T)."""
-    if advantages.dim() == 1:
-        advantages = advantages.unsqueeze(-1)  # (N, 1)
-    if advantages.dim() != 2 or advantages.shape[0] != like.shape[0]:
-        raise ValueError(f"`advantages` must be (N,) or (N, T) for N, T = {tuple(like.shape)}")
-    return advantages.expand_as(like)  # (N, T)
-
-
 def _check_shapes(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> None:
     if logp.dim() != 2 or old_logp.shape != logp.shape or mask.shape != logp.shape:
         raise ValueError(
@@ -100,10 +92,9 @@ def _log_ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
     return (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
 
 
-def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Detached mean of ``x`` over ``valid`` (bool (N, T)); 0 when nothing is valid. -> ()."""
-    x = x.detach().to(torch.float32)
-    return torch.where(valid, x, torch.zeros_like(x)).sum() / valid.sum().clamp(min=1)
+def _metric_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Detached float32 mean of ``x`` over ``valid`` (bool (N, T)), a metric; 0 when nothing is valid. -> ()."""
+    return masked_mean(x.detach().to(torch.float32), valid)
 
 
 def _token_cov(advantages: torch.Tensor, logp: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -139,7 +130,7 @@ def clip_indicator(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float
     0 where (A > 0 and r > 1 + eps_high) or (A < 0 and r < 1 - eps_low). ``advantages`` (N,) or (N, T).
     The dual clip (A < 0 and r > c) is not part of ``I_clip``.
     """
-    adv = _broadcast_advantages(advantages, ratio)  # (N, T)
+    adv = token_advantages(advantages, ratio)  # (N, T)
     clipped = ((adv > 0) & (ratio > 1 + eps_high)) | ((adv < 0) & (ratio < 1 - eps_low))  # (N, T)
     return (~clipped).to(ratio.dtype).detach()
 
@@ -149,7 +140,7 @@ def _ppo_clip_terms(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Shared by ``ppo_clip`` and ``clip_cov``: the dual-clip PPO loss (N, T) and its metrics."""
     _check_shapes(logp, old_logp, mask)
-    adv = _broadcast_advantages(advantages, logp)  # (N, T)
+    adv = token_advantages(advantages, logp)  # (N, T)
     valid = mask.bool()  # (N, T)
     log_ratio = _log_ratio(logp, old_logp)  # (N, T)
     ratio = torch.exp(log_ratio)  # (N, T)
@@ -164,12 +155,12 @@ def _ppo_clip_terms(
         lower = (adv < 0) & (ratio < 1 - eps_low)
         higher = (adv > 0) & (ratio > 1 + eps_high)
     metrics = {
-        "actor/clipfrac": _masked_mean((lower | higher).float(), valid),
-        "actor/clipfrac_lower": _masked_mean(lower.float(), valid),
-        "actor/clipfrac_higher": _masked_mean(higher.float(), valid),
-        "actor/dual_clipfrac": _masked_mean(dual.float(), valid),
-        "actor/ppo_kl": _masked_mean(old_logp - logp, valid),
-        "actor/ratio_mean": _masked_mean(ratio, valid),
+        "actor/clipfrac": _metric_mean((lower | higher).float(), valid),
+        "actor/clipfrac_lower": _metric_mean(lower.float(), valid),
+        "actor/clipfrac_higher": _metric_mean(higher.float(), valid),
+        "actor/dual_clipfrac": _metric_mean(dual.float(), valid),
+        "actor/ppo_kl": _metric_mean(old_logp - logp, valid),
+        "actor/ratio_mean": _metric_mean(ratio, valid),
     }
     return loss, metrics
 
@@ -230,7 +221,7 @@ def clip_cov_loss(
         raise ValueError(f"`clip_ratio` must be > 0, got {clip_ratio}")
     loss, metrics = _ppo_clip_terms(logp, old_logp, advantages, mask, eps_low, eps_high, dual_clip_c)
     valid = mask.bool()  # (N, T)
-    adv = _broadcast_advantages(advantages, logp)  # (N, T)
+    adv = token_advantages(advantages, logp)  # (N, T)
     with torch.no_grad():
         ratio = torch.exp(_log_ratio(logp, old_logp))  # (N, T)
         not_clipped = clip_indicator(ratio, adv, eps_low, eps_high).bool()  # (N, T)
@@ -243,7 +234,7 @@ def clip_cov_loss(
         chosen[candidates[perm[:k]]] = True
         chosen = chosen.view_as(valid)  # (N, T)
     loss = torch.where(chosen, loss.detach(), loss)  # (N, T)
-    metrics["actor/clipcov_frac"] = _masked_mean(chosen.float(), valid)
+    metrics["actor/clipcov_frac"] = _metric_mean(chosen.float(), valid)
     return loss, metrics
 
 
@@ -272,7 +263,7 @@ def kl_cov_loss(
     if kl_cov_ratio <= 0:
         raise ValueError(f"`kl_cov_ratio` must be > 0, got {kl_cov_ratio}")
     _check_shapes(logp, old_logp, mask)
-    adv = _broadcast_advantages(advantages, logp)  # (N, T)
+    adv = token_advantages(advantages, logp)  # (N, T)
     valid = mask.bool()  # (N, T)
     ratio = torch.exp(_log_ratio(logp, old_logp))  # (N, T)
     loss = -adv * ratio  # (N, T)
@@ -284,9 +275,9 @@ def kl_cov_loss(
         chosen = chosen.view_as(valid)  # (N, T)
     loss = torch.where(chosen, loss + kl_coef * (logp - old_logp).abs(), loss)  # (N, T)
     metrics = {
-        "actor/klcov_frac": _masked_mean(chosen.float(), valid),
-        "actor/ppo_kl": _masked_mean(old_logp - logp, valid),
-        "actor/ratio_mean": _masked_mean(ratio, valid),
+        "actor/klcov_frac": _metric_mean(chosen.float(), valid),
+        "actor/ppo_kl": _metric_mean(old_logp - logp, valid),
+        "actor/ratio_mean": _metric_mean(ratio, valid),
     }
     return loss, metrics
 
@@ -309,10 +300,10 @@ def reinforce_loss(
     ``actor/ratio_mean``.
     """
     _check_shapes(logp, old_logp, mask)
-    adv = _broadcast_advantages(advantages, logp)  # (N, T)
+    adv = token_advantages(advantages, logp)  # (N, T)
     valid = mask.bool()
     ratio = torch.exp(_log_ratio(logp, old_logp))  # (N, T)
-    metrics = {"actor/ppo_kl": _masked_mean(old_logp - logp, valid), "actor/ratio_mean": _masked_mean(ratio, valid)}
+    metrics = {"actor/ppo_kl": _metric_mean(old_logp - logp, valid), "actor/ratio_mean": _metric_mean(ratio, valid)}
     return -adv * ratio, metrics
 
 

@@ -24,6 +24,7 @@ import math
 import torch
 from torch import Tensor
 
+from steer.ops import token_advantages
 from steer.registry import Registry
 
 OMEGA_FORMS: Registry = Registry("entropy-change form")
@@ -32,15 +33,6 @@ WEIGHT_MAPS: Registry = Registry("STEER weight map")
 LOG_RATIO_CLAMP = 20.0  # method.md: the log-ratio is clamped to [-20, 20] before exp
 P_OLD_FLOOR = 1e-6  # the released Omega form divides by p_old: clamped to at least this (docs/algorithms.md section 5)
 LOG_P_OLD_FLOOR = math.log(P_OLD_FLOOR)
-
-
-def _token_advantages(advantages: Tensor, like: Tensor) -> Tensor:
-    """(N,) or (N, T) advantages -> (N, T), broadcast along the response."""
-    if advantages.dim() == 1:
-        return advantages[:, None].expand_as(like)  # (N,) -> (N, T)
-    if advantages.shape != like.shape:
-        raise ValueError(f"advantages must be (N,) or (N, T) = {tuple(like.shape)}, got {tuple(advantages.shape)}")
-    return advantages
 
 
 def _omega_core(logp: Tensor, entropy: Tensor) -> Tensor:
@@ -99,7 +91,7 @@ def estimate_entropy_change(
     Returns:
         (N, T) Omega, positive where the update raises the entropy, exactly 0 where ``mask`` is 0. Detached.
     """
-    adv = _token_advantages(advantages, logp).to(logp.dtype)
+    adv = token_advantages(advantages, logp).to(logp.dtype)
     omega = OMEGA_FORMS.get(form)(logp, old_logp, entropy, adv, eps_low=eps_low, eps_high=eps_high)
     return torch.where(mask.bool(), omega, torch.zeros_like(omega))  # where(), not *, so inf/nan on pads vanish
 
@@ -222,7 +214,7 @@ def quadrant_masks(logp: Tensor, entropy: Tensor, advantages: Tensor, mask: Tens
 
     Args: logp, entropy, mask: (N, T); advantages (N,) or (N, T).
     """
-    adv = _token_advantages(advantages, logp)
+    adv = token_advantages(advantages, logp)
     valid = mask.bool()
     high = logp > -entropy
     return {
@@ -244,7 +236,7 @@ def quadrant_stats(omega: Tensor, logp: Tensor, entropy: Tensor, advantages: Ten
     Returns: ``steer/quadrant/{q}/share`` (fraction of valid tokens) and ``steer/quadrant/{q}/omega_sum`` for
     q in pos_high, pos_low, neg_high, neg_low; 0-dim tensors.
     """
-    adv = _token_advantages(advantages, logp)
+    adv = token_advantages(advantages, logp)
     valid = mask.bool()
     n_valid = valid.sum().clamp(min=1)
     out: dict[str, Tensor] = {}

@@ -17,6 +17,7 @@ import torch
 from steer.checkpoint import latest_checkpoint, load_checkpoint
 from steer.config import RunConfig
 from steer.data import Problem
+from steer.objective import Objective, build_objective
 from steer.rollout.base import RolloutEngine, make_rollout_engine
 
 
@@ -70,6 +71,7 @@ class Runtime:
     device: torch.device
     start_step: int = 0
     extra: dict = field(default_factory=dict)
+    objective: Objective | None = None  # the algorithm's loss, built once (open_runtime)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -98,4 +100,5 @@ def open_runtime(config: RunConfig, policy_path: str) -> Runtime:
     if ckpt is not None:
         start, extra = load_checkpoint(ckpt, model, optimizer, {})
     engine = make_rollout_engine(config.rollout.backend, model=model, tokenizer=tokenizer)
-    return Runtime(config, model, tokenizer, optimizer, engine, device, start, extra)
+    objective = build_objective(config.algorithm)
+    return Runtime(config, model, tokenizer, optimizer, engine, device, start, extra, objective)

@@ -14,12 +14,32 @@ from steer.rollout.base import RolloutEngine
 
 @task(name="evaluate", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def evaluate_policy(
-    engine: RolloutEngine, tokenizer: Any, scorer: Any, problems: list[Problem], *, k: int, temperature: float,
-    top_p: float, max_new_tokens: int, seed: int, instruction: str = "", pass_ks: tuple[int, ...] = (),
+    engine: RolloutEngine,
+    tokenizer: Any,
+    scorer: Any,
+    problems: list[Problem],
+    *,
+    k: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
+    instruction: str = "",
+    pass_ks: tuple[int, ...] = (),
     prefix: str = "eval",
-) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
+) -> tuple[dict[str, float], list[dict]]:
     """Retried once: sampling and scoring are pure functions of the seed, so a retry reproduces the result."""
     return evaluate_problems(
-        engine, tokenizer, scorer, problems, k=k, temperature=temperature, top_p=top_p,
-        max_new_tokens=max_new_tokens, seed=seed, instruction=instruction, pass_ks=pass_ks, prefix=prefix,
-    )  # fmt: skip
+        engine,
+        tokenizer,
+        scorer,
+        problems,
+        k=k,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        instruction=instruction,
+        pass_ks=pass_ks,
+        prefix=prefix,
+    )

@@ -9,13 +9,14 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from steer.batch import PolicyBatch
 from steer.checkpoint import save_checkpoint
 from steer.data import Problem
 from steer.rollout.base import RolloutBatch
 from steer.rollout_store import rollout_table, write_step
 from steer.runtime import Runtime
 from steer.tracking import Tracker
-from steer.update import PolicyBatch, UpdateResult
+from steer.update import UpdateResult
 
 
 @task(name="write-rollouts", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)

@@ -15,12 +15,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from steer.advantages import compute_advantages
+from steer.batch import PolicyBatch, build_policy_batch
 from steer.config import RolloutConfig, RunConfig
 from steer.data import Problem
 from steer.models.loading import format_prompt
 from steer.rollout.base import RolloutBatch, RolloutEngine
 from steer.runtime import Runtime
-from steer.update import PolicyBatch, UpdateResult, build_policy_batch, policy_update, score_batch
+from steer.scoring import score_batch
+from steer.update import UpdateResult, policy_update
 from steer.verifiers.math import rewards_from_correct
 
 
@@ -70,7 +72,7 @@ def update_policy(
         rt.model,
         rt.optimizer,
         batch,
-        cfg.algorithm,
+        rt.objective,
         mini_batch_size=cfg.mini_batch_size,
         micro_batch_size=micro,
         epochs=cfg.optim.epochs,

@@ -19,6 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from steer.advantages import compute_advantages
+from steer.batch import PolicyBatch, build_policy_batch
 from steer.checkpoint import latest_checkpoint, list_checkpoints
 from steer.config import RunConfig
 from steer.rollout.base import RolloutBatch
@@ -35,7 +36,6 @@ from steer.studies.estimator import (
     table_markdown,
 )
 from steer.studies.plots import scatter_figure
-from steer.update import PolicyBatch, build_policy_batch
 from tasks.tracking import RUN_ID_FILE, MlflowTracker
 
 TABLE_STATS = ("n", "pearson", "spearman", "scale", "mse", "mse_zero", "sign_agreement")
@@ -116,9 +116,12 @@ def study_batch(
         rollout.prompt_ids, rollout.group_index, rollout.response_ids, rollout.response_mask, adv, pad_id=pad
     ).to(device)
     batch.old_logp, batch.old_entropy = score_states(
-        model, batch, micro_batch_size=cfg.optim.micro_batch_size, temperature=cfg.rollout.temperature,
+        model,
+        batch,
+        micro_batch_size=cfg.optim.micro_batch_size,
+        temperature=cfg.rollout.temperature,
         autocast_dtype=_autocast(cfg),
-    )  # fmt: skip
+    )
     return batch
 
 
@@ -126,18 +129,32 @@ def study_batch(
 def predict_changes(batch: PolicyBatch, cfg: RunConfig) -> dict[str, torch.Tensor]:
     """Every estimator's prediction (N, T) on the scored batch; the policy scored it, so p = p_old and H = H_old."""
     a = cfg.algorithm
-    return predict(ENTROPY_CHANGE_ESTIMATORS.names(), batch.old_logp, batch.old_logp, batch.old_entropy,
-                   batch.old_entropy, batch.advantages, batch.response_mask, eps_low=a.eps_low,
-                   eps_high=a.eps_high)  # fmt: skip
+    return predict(
+        ENTROPY_CHANGE_ESTIMATORS.names(),
+        batch.old_logp,
+        batch.old_logp,
+        batch.old_entropy,
+        batch.old_entropy,
+        batch.advantages,
+        batch.response_mask,
+        eps_low=a.clip.eps_low,
+        eps_high=a.clip.eps_high,
+    )
 
 
 @task(name="optimizer-step", retries=0, cache_policy=NO_CACHE)
 def optimizer_step(model: Any, batch: PolicyBatch, cfg: RunConfig, cell: OptimizerCell) -> StepResult:
     """One step of ``cell`` from a copy of ``model`` (which is left unchanged), then H at the same states."""
     return entropy_change_step(
-        model, batch, cfg.algorithm, optimizer=cell.name, lr=cell.lr, micro_batch_size=cfg.optim.micro_batch_size,
-        temperature=cfg.rollout.temperature, autocast_dtype=_autocast(cfg),
-    )  # fmt: skip
+        model,
+        batch,
+        cfg.algorithm,
+        optimizer=cell.name,
+        lr=cell.lr,
+        micro_batch_size=cfg.optim.micro_batch_size,
+        temperature=cfg.rollout.temperature,
+        autocast_dtype=_autocast(cfg),
+    )
 
 
 def _replace(tmp: Path, path: Path) -> str:

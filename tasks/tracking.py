@@ -189,6 +189,11 @@ class MlflowTracker:
             chunk = batch[i : i + MAX_METRICS_PER_BATCH]
             self._call(lambda chunk=chunk: self.client.log_batch(self._run_id, metrics=chunk))
 
+    def metric_history(self, key: str) -> dict[int, float]:
+        """Step -> value of metric ``key`` over the whole run, the steps before a resume included."""
+        history = self._call(lambda: self.client.get_metric_history(self._run_id, key))
+        return {m.step: m.value for m in sorted(history, key=lambda m: m.step)}
+
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """A file goes to ``<artifact_path>/<name>``; a folder's contents to ``<artifact_path>/<folder name>/``."""
         path = Path(path)

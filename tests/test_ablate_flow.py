@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 from test_report import PNG_MAGIC
 from test_train_flow import SMALL
 
-from steer.cli import main
 from steer.rollout_store import finished_steps
+from steer_cli.main import main
 
 pytestmark = pytest.mark.flow
 

@@ -18,15 +18,17 @@ def test_default_arms_are_the_papers_comparison():
     assert [a.name for a in DEFAULT_ARMS] == ["grpo", "clip_higher", "entropy_bonus", "clip_cov", "kl_cov",
                                               "steer_0.6", "steer_0.7", "steer_0.8"]  # fmt: skip
     jobs = AblationConfig(seeds=[0]).jobs(Path("root"))
-    lam = {j.arm: j.config.algorithm.steer_lambda_min for j in jobs if j.config.algorithm.token_weighting == "steer"}
+    weightings = {j.arm: j.config.algorithm.token_weighting for j in jobs}
+    lam = {arm: w.lambda_min for arm, w in weightings.items() if w.name == "steer"}
     assert lam == {"steer_0.6": 0.6, "steer_0.7": 0.7, "steer_0.8": 0.8}
     by_arm = {j.arm: j.config.algorithm for j in jobs}
-    assert by_arm["grpo"].eps_high == 0.2 and by_arm["kl_cov"].policy_loss == "kl_cov"
+    assert by_arm["grpo"].clip.eps_high == 0.2 and by_arm["kl_cov"].policy_loss.name == "kl_cov"
 
 
 def test_jobs_layout_and_override_order():
     cfg = AblationConfig(
-        arms=[ArmSpec(name="lo", algorithm="steer", overrides={"algorithm.steer_lambda_min": 0.6, "optim.lr": 3e-4})],
+        arms=[ArmSpec(name="lo", algorithm="steer",
+                      overrides={"algorithm.token_weighting.lambda_min": 0.6, "optim.lr": 3e-4})],
         seeds=[0, 5], steps=7, overrides={"optim.lr": 1e-4, "rollout": {"max_new_tokens": 9}},
     )  # fmt: skip
     jobs = cfg.jobs(Path("out"))
@@ -34,7 +36,7 @@ def test_jobs_layout_and_override_order():
     c = jobs[1].config
     assert c.output_dir == str(Path("out/lo/seed-5")) and c.seed == 5 and c.steps == 7
     assert c.optim.lr == 3e-4  # the arm's override wins over the ablation's
-    assert c.rollout.max_new_tokens == 9 and c.algorithm.steer_lambda_min == 0.6
+    assert c.rollout.max_new_tokens == 9 and c.algorithm.token_weighting.lambda_min == 0.6
     assert c.experiment == "steer-ablation" and c.algorithm.name == "steer"
     assert c.rollout.prompts_per_step == load_config("tiny").rollout.prompts_per_step  # the rest is the preset
 
@@ -73,8 +75,8 @@ def test_studies_expand_into_valid_runs_that_differ_only_where_they_should():
     assert {j.config.model_dump_json(exclude={"algorithm", "seed", "output_dir"}) for j in collapse}.__len__() == 1
 
     sens = {j.arm: j.config.algorithm for j in STUDIES["sensitivity"].config(seeds=[0]).jobs(Path("/tmp/r"))}
-    lams = {a: c.steer_lambda_min for a, c in sens.items() if c.steer_scope == "micro"}
+    lams = {a: c.token_weighting.lambda_min for a, c in sens.items() if c.token_weighting.normaliser == "micro"}
     assert lams == {f"steer_{x}": x for x in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)}
-    scopes = {c.steer_scope for c in sens.values() if c.steer_lambda_min == 0.7}
+    scopes = {c.token_weighting.normaliser for c in sens.values() if c.token_weighting.lambda_min == 0.7}
     assert scopes == {"micro", "mini", "rollout", "running"}
-    assert all(c.token_weighting == "steer" for c in sens.values())
+    assert all(c.token_weighting.name == "steer" for c in sens.values())

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from scipy import stats as sp
 
 from steer.algorithms import get_algorithm
+from steer.batch import build_policy_batch
 from steer.losses import _token_cov
 from steer.reweighting import estimate_entropy_change
 from steer.runtime import derive_seed
@@ -40,7 +41,6 @@ from steer.studies.estimator import (
     token_frame,
 )
 from steer.studies.stats import fit_scale_mse, pearson, rankdata, sign_agreement, spearman
-from steer.update import build_policy_batch
 
 pytestmark = pytest.mark.unit
 
@@ -240,7 +240,7 @@ def test_first_order_tracks_a_small_sgd_step_on_the_tiny_policy():
     for seed in range(8):
         batch = _rollout_batch(model, tok, seed=seed)
         preds = predict(ESTIMATORS, batch.old_logp, batch.old_logp, batch.old_entropy, batch.old_entropy,
-                        batch.advantages, batch.response_mask, eps_low=a.eps_low, eps_high=a.eps_high)  # fmt: skip
+                        batch.advantages, batch.response_mask, **a.clip.model_dump(exclude={"dual_clip_c"}))  # fmt: skip
         step = entropy_change_step(model, batch, a, optimizer="sgd", lr=1e-3, micro_batch_size=32)
         rows = estimator_table(token_frame(batch, preds, [step], stage="start", checkpoint_step=0))
         rows = rows.set_index(["estimator", "subset"])
@@ -296,7 +296,7 @@ def test_token_frame_and_table_shapes(tiny):
     model, batch = tiny
     a = get_algorithm("steer")
     preds = predict(ESTIMATORS, batch.old_logp, batch.old_logp, batch.old_entropy, batch.old_entropy,
-                    batch.advantages, batch.response_mask, eps_low=a.eps_low, eps_high=a.eps_high)  # fmt: skip
+                    batch.advantages, batch.response_mask, **a.clip.model_dump(exclude={"dual_clip_c"}))  # fmt: skip
     steps = [entropy_change_step(model, batch, a, optimizer=o, lr=lr, micro_batch_size=32)
              for o, lr in [("sgd", 1e-3), ("sgd", 1e-2)]]  # fmt: skip
     one = token_frame(batch, preds, steps, stage="start", checkpoint_step=0)
@@ -384,7 +384,7 @@ def test_config_errors_name_the_field_and_the_valid_values():
 
 
 def test_cli_rejects_bad_values_before_prefect_starts(capsys, tmp_path):
-    from steer.cli import main
+    from steer_cli.main import main
 
     base = ["study", "estimator", "--output-dir", str(tmp_path)]
     cases = {
@@ -417,7 +417,7 @@ def test_the_flow_end_to_end_and_a_rerun_reuses_the_source_run(prefect_harness, 
     from mlflow import MlflowClient
 
     from flows.estimator_study import estimator_study
-    from steer.cli import main
+    from steer_cli.main import main
 
     out = tmp_path / "study"
     argv = ["study", "estimator", "--output-dir", str(out), "--optimizers", "sgd:1e-3,adamw:1e-4", "--batches", "2",

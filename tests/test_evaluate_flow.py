@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.evaluate import evaluate
-from steer.cli import main
+from steer_cli.main import main
 
 pytestmark = pytest.mark.flow
 
@@ -35,3 +35,14 @@ def test_evaluation_flow_writes_generations_and_metrics(prefect_harness, small_p
 def test_unknown_benchmark_fails_before_loading_anything(prefect_harness, tmp_path, capsys):
     assert main(["eval", "--benchmark", "aime2024", "--output-dir", str(tmp_path)]) == 2
     assert "valid names" in capsys.readouterr().err
+
+
+def test_a_failed_evaluation_ends_failed_in_mlflow_and_in_prefect(prefect_harness, tmp_path):
+    out = tmp_path / "eval"
+    # a template over a field the benchmark does not have fails inside the evaluation, after the MLflow run started
+    state = evaluate(model="tiny", benchmarks=["reasoning_gym_heldout"], limit=2, max_new_tokens=4,
+                     template="{no_such_field}", output_dir=str(out), return_state=True)  # fmt: skip
+    assert state.is_failed()
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    assert client.get_run(run_id).info.status == "FAILED"

@@ -12,11 +12,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from steer.report import render_report, run_summaries, summary_table, t_interval, table_markdown, weight_histogram
-from steer.report.plots import omega_entropy_points
+from steer.comparison import render_report, run_summaries, summary_table, t_interval, table_markdown, weight_histogram
+from steer.comparison.plots import omega_entropy_points
 from steer.rollout_store import rollout_table, write_step
-from tasks.report import ARMS_TAG, WEIGHT_HIST_ARTIFACT, child_runs, log_weight_histogram, publish_report
-from tasks.report import rebuild_report as rebuild
+from tasks.comparison import ARMS_TAG, WEIGHT_HIST_ARTIFACT, child_runs, log_weight_histogram, publish_report
+from tasks.comparison import rebuild_report as rebuild
 from tasks.tracking import MlflowTracker
 
 pytestmark = pytest.mark.unit
@@ -183,6 +183,6 @@ def test_a_tracker_on_a_shared_sqlite_store_keeps_artifacts_beside_it(ablation_s
 
 
 def test_long_entropy_curves_are_smoothed_short_ones_not():
-    from steer.report.plots import smoothing_window
+    from steer.comparison.plots import smoothing_window
 
     assert [smoothing_window(n) for n in (4, 40, 41, 150, 300)] == [1, 1, 2, 8, 15]

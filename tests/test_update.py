@@ -6,8 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from steer.algorithms import ALGORITHMS, AlgorithmConfig, get_algorithm, policy_objective
-from steer.update import build_policy_batch, policy_update, score_batch
+from steer.algorithms import ALGORITHMS, AlgorithmConfig, get_algorithm
+from steer.batch import build_policy_batch
+from steer.objective import build_objective
+from steer.scoring import forward_logprobs, score_batch
+from steer.update import policy_update
 
 pytestmark = pytest.mark.unit
 
@@ -63,12 +66,10 @@ def _grads(model, batch, cfg, micro, steer_max_abs=None):
     model.zero_grad()
     mask = batch.response_mask
     counts = dict(num_tokens=mask.sum(), num_seqs=len(batch), max_len=mask.shape[1])
-    from steer.update import forward_logprobs
-
     for idx in torch.arange(len(batch)).split(micro):
         m = batch.select(idx)
         logp, ent = forward_logprobs(model, m)
-        loss, _, _ = policy_objective(cfg, logp=logp, old_logp=m.old_logp, entropy=ent, old_entropy=m.old_entropy,
+        loss, _, _ = build_objective(cfg)(logp=logp, old_logp=m.old_logp, entropy=ent, old_entropy=m.old_entropy,
                                       advantages=m.advantages, mask=m.response_mask, steer_max_abs=steer_max_abs,
                                       **counts)  # fmt: skip
         loss.backward()
@@ -103,14 +104,14 @@ def test_lambda_min_one_reproduces_grpo_exactly(seed, form):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     base = _grads(model, b, get_algorithm("clip_higher"), micro=6)
-    steer = _grads(model, b, get_algorithm("steer", steer_lambda_min=1.0, steer_form=form), micro=6)
+    steer = _grads(model, b, get_algorithm("steer", token_weighting={"lambda_min": 1.0, "form": form}), micro=6)
     assert all(torch.equal(a, c) for a, c in zip(base, steer, strict=True))
 
 
 def test_micro_scope_makes_the_split_a_hyperparameter():
     model = tiny_model()
     b = scored(model, tiny_batch())
-    cfg = get_algorithm("steer", steer_lambda_min=0.5)
+    cfg = get_algorithm("steer", token_weighting={"lambda_min": 0.5})
     whole, split = _grads(model, b, cfg, micro=12), _grads(model, b, cfg, micro=3)
     assert not all(torch.allclose(a, c, atol=1e-6) for a, c in zip(whole, split, strict=True))
 
@@ -119,18 +120,20 @@ def test_steer_changes_the_gradient_when_lambda_min_below_one():
     model = tiny_model()
     b = scored(model, tiny_batch())
     base = _grads(model, b, get_algorithm("clip_higher"), micro=12)
-    steer = _grads(model, b, get_algorithm("steer", steer_lambda_min=0.5), micro=12)
+    steer = _grads(model, b, get_algorithm("steer", token_weighting={"lambda_min": 0.5}), micro=12)
     assert not all(torch.allclose(a, c) for a, c in zip(base, steer, strict=True))
 
 
-@pytest.mark.parametrize("name", ALGORITHMS.names())
-@pytest.mark.parametrize("scope", ["micro", "mini", "rollout", "running"])
-def test_every_algorithm_and_scope_runs_an_update(name, scope):
+@pytest.mark.parametrize(
+    "name,scope", [(n, "micro") for n in ALGORITHMS.names()] + [("steer", s) for s in ("mini", "rollout", "running")]
+)
+def test_every_algorithm_and_normaliser_runs_an_update(name, scope):
     model = tiny_model()
     b = scored(model, tiny_batch())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     before = [p.detach().clone() for p in model.parameters()]
-    res = policy_update(model, opt, b, get_algorithm(name, steer_scope=scope), mini_batch_size=6, micro_batch_size=3,
+    cfg = get_algorithm(name, token_weighting={"normaliser": scope}) if name == "steer" else get_algorithm(name)
+    res = policy_update(model, opt, b, build_objective(cfg), mini_batch_size=6, micro_batch_size=3,
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert res.metrics["actor/optimizer_steps"] == 2
     assert all(torch.isfinite(torch.tensor(v)) for v in res.metrics.values())
@@ -145,18 +148,18 @@ def test_update_is_reproducible_under_a_seed():
         model = tiny_model()
         b = scored(model, tiny_batch())
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        policy_update(model, opt, b, get_algorithm("clip_cov"), mini_batch_size=6, micro_batch_size=3,
+        policy_update(model, opt, b, build_objective(get_algorithm("clip_cov")), mini_batch_size=6, micro_batch_size=3,
                       generator=torch.Generator().manual_seed(7))  # fmt: skip
         outs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(outs[0], outs[1])
 
 
 def test_bad_settings_name_the_field_and_the_choices():
-    with pytest.raises(ValueError, match="steer_form='firstorder' is not one of: first_order, released"):
-        get_algorithm("steer", steer_form="firstorder")
-    with pytest.raises(KeyError, match="valid names: .*clip_cov"):
+    with pytest.raises(ValueError, match="form='firstorder' is not one of: first_order, released"):
+        get_algorithm("steer", token_weighting={"form": "firstorder"})
+    with pytest.raises(ValueError, match="algorithm.name='clipcov' is not one of: .*clip_cov"):
         get_algorithm("clipcov")
     with pytest.raises(ValueError, match="micro_batch_size=4 must divide mini_batch_size=6"):
         model = tiny_model()
         policy_update(model, torch.optim.SGD(model.parameters(), lr=0.1), scored(model, tiny_batch()),
-                      AlgorithmConfig(), mini_batch_size=6, micro_batch_size=4)  # fmt: skip
+                      build_objective(AlgorithmConfig()), mini_batch_size=6, micro_batch_size=4)  # fmt: skip

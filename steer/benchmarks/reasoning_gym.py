@@ -25,7 +25,7 @@ DEFAULT_TASKS: dict[str, dict[str, Any]] = {
         allow_negation=False,
         format_style="simple",
         whitespace="single",
-    ),  # fmt: skip
+    ),
     "chain_sum": dict(min_terms=2, max_terms=4, min_digits=1, max_digits=2, allow_negation=False),
 }
 
@@ -59,9 +59,13 @@ def make_reasoning_gym_problems(
                 if item["question"] not in taken and len(out) < n:
                     taken.add(item["question"])
                     out.append(
-                        {"id": f"{task}/{seed}/{index}", "prompt": item["question"], "answer": str(item["answer"]),
-                         "task": task}
-                    )  # fmt: skip
+                        {
+                            "id": f"{task}/{seed}/{index}",
+                            "prompt": item["question"],
+                            "answer": str(item["answer"]),
+                            "task": task,
+                        }
+                    )
             index += 1
         if len(out) < n and size > 1000 * n + 10_000:
             raise ValueError(f"only {len(out)} distinct problems exist for {list(configs)}; ask for fewer")

@@ -163,9 +163,12 @@ class HFRolloutEngine:
     ) -> RolloutBatch:
         """Sample ``n_samples`` responses per prompt; see the module docstring for the sampler's semantics."""
         prompt_ids = encode_prompts(
-            self.tokenizer, prompts, n_samples=n_samples, max_new_tokens=max_new_tokens,
+            self.tokenizer,
+            prompts,
+            n_samples=n_samples,
+            max_new_tokens=max_new_tokens,
             add_special_tokens=self.add_special_tokens,
-        )  # fmt: skip
+        )
         rows = [ids for ids in prompt_ids for _ in range(n_samples)]  # N = B * G, prompt-major
         device = next(self.model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(int(seed))

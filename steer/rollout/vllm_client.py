@@ -198,9 +198,12 @@ class VLLMRolloutEngine:
     ) -> RolloutBatch:
         """Sample ``n_samples`` responses per prompt; see the module docstring for the conventions."""
         prompt_ids = encode_prompts(
-            self.tokenizer, prompts, n_samples=n_samples, max_new_tokens=max_new_tokens,
+            self.tokenizer,
+            prompts,
+            n_samples=n_samples,
+            max_new_tokens=max_new_tokens,
             add_special_tokens=self.add_special_tokens,
-        )  # fmt: skip
+        )
         b, g = len(prompts), n_samples
         reply = self._request(
             {
@@ -291,9 +294,14 @@ class VLLMRolloutEngine:
             env.pop("PYTHONPATH", None)  # the worker must not see the main venv's packages
             with open(self.log_path, "ab") as log:
                 proc = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                    cwd=self.work_dir, start_new_session=True,
-                )  # fmt: skip
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=self.work_dir,
+                    start_new_session=True,
+                )
             self._state.proc = proc
             deadline = time.monotonic() + self.startup_timeout
             while True:
@@ -331,8 +339,9 @@ class VLLMRolloutEngine:
             _stop(self._state)
             raise self._error(f"the vLLM worker closed the connection during {message['op']!r}")
         if not reply.get("ok"):
-            raise VLLMWorkerError(f"the vLLM worker failed {message['op']!r}: {reply.get('error')}\n"
-                                  f"{reply.get('traceback', '')}")  # fmt: skip
+            raise VLLMWorkerError(
+                f"the vLLM worker failed {message['op']!r}: {reply.get('error')}\n{reply.get('traceback', '')}"
+            )
         return reply
 
     def _error(self, what: str, starting: bool = False) -> VLLMWorkerError:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from steer.config import ConfigError, RunConfig, _merge, _set_dotted, load_config
+from steer.config import ConfigError, RunConfig, load_config, merge, nest
 from steer.runtime import derive_seed
 from steer.studies.estimator import OPTIMIZERS, cell_label
 
@@ -58,16 +58,6 @@ DEFAULT_OPTIMIZERS = [
     OptimizerCell(name="adamw", lr=1e-4),
     OptimizerCell(name="adamw", lr=1e-3),
 ]
-
-
-def nest(dotted: dict[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1, "c": {"d": 2}}`` -> ``{"a": {"b": 1}, "c": {"d": 2}}`` (dotted and nested keys merge)."""
-    out: dict[str, Any] = {}
-    for key, value in dotted.items():
-        one: dict[str, Any] = {}
-        _set_dotted(one, key, value)
-        out = _merge(out, one)
-    return out
 
 
 class EstimatorStudyConfig(BaseModel):
@@ -145,8 +135,10 @@ class EstimatorStudyConfig(BaseModel):
         if "output_dir" in self.overrides:
             raise ValueError("overrides: output_dir is set by the study (source_dir, default <output_dir>/run): remove")
         if self.source_path.resolve() == Path(self.output_dir).resolve():
-            raise ValueError("source_dir: the source run needs its own folder (both keep an mlflow_run_id file); "
-                             "leave it unset for <output_dir>/run")  # fmt: skip
+            raise ValueError(
+                "source_dir: the source run needs its own folder (both keep an mlflow_run_id file); "
+                "leave it unset for <output_dir>/run"
+            )
         return self
 
     @property
@@ -157,7 +149,7 @@ class EstimatorStudyConfig(BaseModel):
     def source_config(self) -> RunConfig:
         """The source run's config: ``preset`` + ``overrides`` in ``source_path``, keeping every checkpoint
         (so that middle and any step stay available). Raises ``ConfigError`` naming the bad setting."""
-        cfg = load_config(self.preset, _merge(nest(self.overrides), {"output_dir": str(self.source_path)}))
+        cfg = load_config(self.preset, merge(nest(self.overrides), {"output_dir": str(self.source_path)}))
         every = cfg.checkpoint_every
         needed = math.ceil(cfg.steps / every) if every else 1
         if needed > cfg.keep_checkpoints:
@@ -182,13 +174,17 @@ class EstimatorStudyConfig(BaseModel):
         import json
 
         return {
-            "preset": self.preset, "overrides": json.dumps(nest(self.overrides), sort_keys=True),
-            "output_dir": self.output_dir, "source_dir": str(self.source_path),
+            "preset": self.preset,
+            "overrides": json.dumps(nest(self.overrides), sort_keys=True),
+            "output_dir": self.output_dir,
+            "source_dir": str(self.source_path),
             "stages": ",".join(map(str, self.stages)),
             "optimizers": ",".join(f"{c.name}:{c.lr:g}" for c in self.optimizers),
-            "prompts": str(self.prompts), "batches": str(self.batches), "seed": str(self.seed),
+            "prompts": str(self.prompts),
+            "batches": str(self.batches),
+            "seed": str(self.seed),
             "experiment": self.experiment,
-        }  # fmt: skip
+        }
 
 
 def checkpoint_steps(cfg: RunConfig) -> list[int]:

@@ -19,7 +19,7 @@ Pieces, torch and pandas only:
 - ``token_frame`` / ``estimator_table``: the per-token table (one row per valid token, rollout batch and optimizer
   cell) and the statistics per (stage, rollout batch, optimizer cell, estimator, subset).
 - ``summary_table``: per (stage, optimizer cell, estimator, subset), the mean over rollout batches and the half-width
-  of its 95% Student-t interval (``steer.report.summary.t_interval``) of pearson, spearman and mse / mse_zero.
+  of its 95% Student-t interval (``steer.comparison.summary.t_interval``) of pearson, spearman and mse / mse_zero.
 
 Departure from the protocol as the paper states it: the step is taken in eval mode (no dropout), so the realized
 change comes from the parameters alone and lr = 0 realizes exactly 0; the predicted gradient is the dropout-free one.
@@ -37,12 +37,16 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from steer.algorithms import AlgorithmConfig
+from steer.algorithms import AlgorithmConfig, NoShaping, NoWeighting, PpoClipLoss
+from steer.batch import PolicyBatch
+from steer.comparison.summary import t_interval
+from steer.objective import build_objective
+from steer.ops import masked_mean, token_advantages
 from steer.registry import Registry
-from steer.report.summary import t_interval
 from steer.reweighting import QUADRANTS, estimate_entropy_change, quadrant_masks
+from steer.scoring import score_batch
 from steer.studies.stats import fit_scale_mse, pearson, sign_agreement, spearman
-from steer.update import PolicyBatch, policy_update, score_batch
+from steer.update import policy_update
 
 ENTROPY_CHANGE_ESTIMATORS: Registry = Registry("entropy-change estimator")
 OPTIMIZERS: Registry[Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer]] = Registry("optimizer")
@@ -57,36 +61,46 @@ CELL_KEYS = ["stage", "checkpoint_step", "optimizer", "lr"]
 """One optimizer cell at one stage: the summary's rows (with estimator and subset), pooling the rollout batches."""
 BATCH_KEYS = ["stage", "checkpoint_step", "batch", "optimizer", "lr"]
 """One optimizer cell's step on one rollout batch: the estimator table's and the cell table's rows."""
-TABLE_COLUMNS = [*BATCH_KEYS, "estimator", "subset", "n", "pearson", "spearman", "scale", "mse", "mse_zero",
-                 "sign_agreement"]  # fmt: skip
+TABLE_COLUMNS = [
+    *BATCH_KEYS,
+    "estimator",
+    "subset",
+    "n",
+    "pearson",
+    "spearman",
+    "scale",
+    "mse",
+    "mse_zero",
+    "sign_agreement",
+]
 SUMMARY_STATS = ("pearson", "spearman", "mse_ratio")
 """The summary's statistics over batches; ``mse_ratio`` = mse / mse_zero of a batch (below 1: better than predicting
 no change)."""
-SUMMARY_COLUMNS = [*CELL_KEYS, "estimator", "subset", "batches", "n",
-                   *(c for s in SUMMARY_STATS for c in (s, f"{s}_ci"))]  # fmt: skip
+SUMMARY_COLUMNS = [
+    *CELL_KEYS,
+    "estimator",
+    "subset",
+    "batches",
+    "n",
+    *(c for s in SUMMARY_STATS for c in (s, f"{s}_ci")),
+]
 
 
 # --------------------------------------------------------------------------------------------------- estimators
-def _masked_mean(x: Tensor, valid: Tensor) -> Tensor:
-    return torch.where(valid, x, torch.zeros_like(x)).sum() / valid.sum().clamp(min=1)
-
-
-def _token_adv(advantages: Tensor, like: Tensor) -> Tensor:
-    return advantages[:, None].expand_as(like) if advantages.dim() == 1 else advantages  # (N,) -> (N, T)
-
-
 @ENTROPY_CHANGE_ESTIMATORS.register("first_order")
 def first_order(logp, old_logp, entropy, old_entropy, advantages, mask, *, eps_low, eps_high) -> Tensor:
     """Theorem 1: -I_clip A r p(1-p)(log p + H), H under the current policy. (N, T)."""
-    return estimate_entropy_change(logp, old_logp, entropy, advantages, mask, form="first_order", eps_low=eps_low,
-                                   eps_high=eps_high)  # fmt: skip
+    return estimate_entropy_change(
+        logp, old_logp, entropy, advantages, mask, form="first_order", eps_low=eps_low, eps_high=eps_high
+    )
 
 
 @ENTROPY_CHANGE_ESTIMATORS.register("released")
 def released(logp, old_logp, entropy, old_entropy, advantages, mask, *, eps_low, eps_high) -> Tensor:
     """The released code: -(A / p_old) p(1-p)(log p + H_old). (N, T)."""
-    return estimate_entropy_change(logp, old_logp, old_entropy, advantages, mask, form="released", eps_low=eps_low,
-                                   eps_high=eps_high)  # fmt: skip
+    return estimate_entropy_change(
+        logp, old_logp, old_entropy, advantages, mask, form="released", eps_low=eps_low, eps_high=eps_high
+    )
 
 
 @ENTROPY_CHANGE_ESTIMATORS.register("covariance")
@@ -95,9 +109,9 @@ def covariance(logp, old_logp, entropy, old_entropy, advantages, mask, *, eps_lo
     """Cui et al. 2025 (softmax policy gradient): dH ~ -Cov(log pi, pi A), one term per token:
     -(log p - mean log p)(p A - mean(p A)), means over the batch's valid tokens (A = 0 included). (N, T)."""
     valid = mask.bool()
-    adv = _token_adv(advantages, logp).to(logp.dtype)
+    adv = token_advantages(advantages, logp).to(logp.dtype)
     pa = logp.exp() * adv  # (N, T)
-    cov = (logp - _masked_mean(logp, valid)) * (pa - _masked_mean(pa, valid))  # (N, T)
+    cov = (logp - masked_mean(logp, valid)) * (pa - masked_mean(pa, valid))  # (N, T)
     return torch.where(valid, -cov, torch.zeros_like(cov))
 
 
@@ -107,8 +121,8 @@ def covariance_npg(logp, old_logp, entropy, old_entropy, advantages, mask, *, ep
     """Cui et al. 2025 (natural policy gradient): dH ~ -Cov(log pi, A), one term per token:
     -(log p - mean log p)(A - mean A), the negated per-token covariance Clip-Cov ranks by. (N, T)."""
     valid = mask.bool()
-    adv = _token_adv(advantages, logp).to(logp.dtype)
-    cov = (logp - _masked_mean(logp, valid)) * (adv - _masked_mean(adv, valid))  # (N, T)
+    adv = token_advantages(advantages, logp).to(logp.dtype)
+    cov = (logp - masked_mean(logp, valid)) * (adv - masked_mean(adv, valid))  # (N, T)
     return torch.where(valid, -cov, torch.zeros_like(cov))
 
 
@@ -134,8 +148,15 @@ def _adamw(params, lr: float) -> torch.optim.Optimizer:
 def plain_objective(cfg: AlgorithmConfig) -> AlgorithmConfig:
     """The objective whose entropy change Omega predicts: the clipped per-token loss of ``cfg`` (its clip range,
     dual clip and aggregation kept) with no token weights, advantage shaping, entropy bonus or KL term."""
-    return cfg.model_copy(update=dict(policy_loss="ppo_clip", token_weighting="none", advantage_shaping="none",
-                                      entropy_coef=0.0, kl_coef=0.0))  # fmt: skip
+    return cfg.model_copy(
+        update=dict(
+            policy_loss=PpoClipLoss(),
+            token_weighting=NoWeighting(),
+            advantage_shaping=NoShaping(),
+            entropy_coef=0.0,
+            kl_coef=0.0,
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------------------- the step
@@ -158,8 +179,13 @@ def score_states(
     was_training = model.training
     model.eval()
     try:
-        return score_batch(model, batch, micro_batch_size=_micro(len(batch), micro_batch_size),
-                           temperature=temperature, autocast_dtype=autocast_dtype)  # fmt: skip
+        return score_batch(
+            model,
+            batch,
+            micro_batch_size=_micro(len(batch), micro_batch_size),
+            temperature=temperature,
+            autocast_dtype=autocast_dtype,
+        )
     finally:
         model.train(was_training)
 
@@ -215,12 +241,22 @@ def entropy_change_step(
     policy.eval()  # no dropout: the realized change comes from the parameters alone
     opt = OPTIMIZERS.get(optimizer)(policy.parameters(), lr)
     result = policy_update(
-        policy, opt, batch, plain_objective(algorithm_cfg), mini_batch_size=n, micro_batch_size=micro, epochs=1,
-        temperature=temperature, max_grad_norm=math.inf, generator=torch.Generator().manual_seed(0),
-        autocast_dtype=autocast_dtype, shuffle=False,
-    )  # fmt: skip
-    logp_after, entropy_after = score_states(policy, batch, micro_batch_size=micro, temperature=temperature,
-                                             autocast_dtype=autocast_dtype)  # fmt: skip
+        policy,
+        opt,
+        batch,
+        build_objective(plain_objective(algorithm_cfg)),
+        mini_batch_size=n,
+        micro_batch_size=micro,
+        epochs=1,
+        temperature=temperature,
+        max_grad_norm=math.inf,
+        generator=torch.Generator().manual_seed(0),
+        autocast_dtype=autocast_dtype,
+        shuffle=False,
+    )
+    logp_after, entropy_after = score_states(
+        policy, batch, micro_batch_size=micro, temperature=temperature, autocast_dtype=autocast_dtype
+    )
     with torch.no_grad():
         delta = sum(((a.float() - b.float()) ** 2).sum() for a, b in zip(policy.parameters(), model.parameters()))
     metrics = {**result.metrics, "param_delta_norm": float(delta) ** 0.5}
@@ -265,27 +301,42 @@ def token_frame(
     batch = batch.to("cpu")
     valid = batch.response_mask.bool()
     rows, ts = valid.nonzero(as_tuple=True)  # (M,), (M,): the valid tokens, row-major
-    adv = _token_adv(batch.advantages, batch.old_logp)
+    adv = token_advantages(batch.advantages, batch.old_logp)
     quadrant = np.full(rows.numel(), "zero", dtype=object)
     for q, m in quadrant_masks(batch.old_logp, batch.old_entropy, adv, batch.response_mask).items():
         quadrant[m[valid].numpy()] = q
     before = batch.old_entropy[valid]  # (M,)
     base = {
-        "row": rows.numpy(), "t": ts.numpy(), "state": state_ids(batch)[valid].numpy(),
-        "advantage": adv[valid].double().numpy(), "logp": batch.old_logp[valid].double().numpy(),
+        "row": rows.numpy(),
+        "t": ts.numpy(),
+        "state": state_ids(batch)[valid].numpy(),
+        "advantage": adv[valid].double().numpy(),
+        "logp": batch.old_logp[valid].double().numpy(),
         "entropy_before": before.double().numpy(),
-    }  # fmt: skip
+    }
     preds = {f"pred_{k}": v.cpu()[valid].double().numpy() for k, v in predictions.items()}
     frames = []
     for s in steps:
         after = s.entropy_after.cpu()[valid]  # (M,)
-        frames.append(pd.DataFrame({
-            "stage": stage, "checkpoint_step": checkpoint_step, "batch": batch_index, "optimizer": s.optimizer,
-            "lr": s.lr, **base,
-            "entropy_after": after.double().cpu().numpy(),
-            "realized": (after - before).double().cpu().numpy(),  # in the scoring dtype: exactly 0 when unchanged
-            "quadrant": quadrant, **preds,
-        }))  # fmt: skip
+        frames.append(
+            pd.DataFrame(
+                {
+                    "stage": stage,
+                    "checkpoint_step": checkpoint_step,
+                    "batch": batch_index,
+                    "optimizer": s.optimizer,
+                    "lr": s.lr,
+                    **base,
+                    "entropy_after": after.double().cpu().numpy(),
+                    "realized": (after - before)
+                    .double()
+                    .cpu()
+                    .numpy(),  # in the scoring dtype: exactly 0 when unchanged
+                    "quadrant": quadrant,
+                    **preds,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -321,10 +372,14 @@ def agreement(pred: np.ndarray, real: np.ndarray) -> dict[str, float]:
     sign_agreement."""
     scale, mse = fit_scale_mse(pred, real)
     return {
-        "n": int(pred.size), "pearson": pearson(pred, real), "spearman": spearman(pred, real), "scale": scale,
-        "mse": mse, "mse_zero": float(np.mean(real**2)) if real.size else float("nan"),
+        "n": int(pred.size),
+        "pearson": pearson(pred, real),
+        "spearman": spearman(pred, real),
+        "scale": scale,
+        "mse": mse,
+        "mse_zero": float(np.mean(real**2)) if real.size else float("nan"),
         "sign_agreement": sign_agreement(pred, real),
-    }  # fmt: skip
+    }
 
 
 def estimator_table(frame: pd.DataFrame, subsets: Sequence[str] = SUBSETS) -> pd.DataFrame:
@@ -340,8 +395,7 @@ def estimator_table(frame: pd.DataFrame, subsets: Sequence[str] = SUBSETS) -> pd
         for name in names:
             for subset in subsets:
                 pred, real = subset_values(cell, f"pred_{name}", subset)
-                out.append({**dict(zip(BATCH_KEYS, key)), "estimator": name, "subset": subset,
-                            **agreement(pred, real)})  # fmt: skip
+                out.append({**dict(zip(BATCH_KEYS, key)), "estimator": name, "subset": subset, **agreement(pred, real)})
     return pd.DataFrame(out, columns=TABLE_COLUMNS)
 
 
@@ -374,9 +428,17 @@ def summary_markdown(summary: pd.DataFrame, subsets: Sequence[str] = ("all", "st
     head = [*CELL_KEYS, "estimator", "subset", "batches", "n", "pearson", "spearman", "mse / mse_zero"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows.to_dict("records"):
-        cells = [str(r["stage"]), str(r["checkpoint_step"]), r["optimizer"], f"{r['lr']:g}", r["estimator"],
-                 r["subset"], str(r["batches"]), f"{r['n']:.0f}",
-                 *(mean_ci(r[s], r[f"{s}_ci"]) for s in SUMMARY_STATS)]  # fmt: skip
+        cells = [
+            str(r["stage"]),
+            str(r["checkpoint_step"]),
+            r["optimizer"],
+            f"{r['lr']:g}",
+            r["estimator"],
+            r["subset"],
+            str(r["batches"]),
+            f"{r['n']:.0f}",
+            *(mean_ci(r[s], r[f"{s}_ci"]) for s in SUMMARY_STATS),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -418,9 +480,19 @@ def cell_table(frame: pd.DataFrame, step_metrics: Sequence[dict]) -> pd.DataFram
             if ref is not None and lr > positive[0] and np.linalg.norm(ref) > 0:
                 nonlin = float(np.linalg.norm(d / lr - ref) / np.linalg.norm(ref))
             m = extra.get((stage, step, b, opt, lr), {})
-            rows.append({"stage": stage, "checkpoint_step": step, "batch": b, "optimizer": opt, "lr": lr,
-                         "mean_abs_realized": float(np.abs(d).mean()), "mean_realized": float(d.mean()),
-                         "nonlinearity": nonlin, "param_delta_norm": m.get("param_delta_norm", float("nan")),
-                         "grad_norm": m.get("actor/grad_norm", float("nan")),
-                         "clipfrac": m.get("actor/clipfrac", float("nan"))})  # fmt: skip
+            rows.append(
+                {
+                    "stage": stage,
+                    "checkpoint_step": step,
+                    "batch": b,
+                    "optimizer": opt,
+                    "lr": lr,
+                    "mean_abs_realized": float(np.abs(d).mean()),
+                    "mean_realized": float(d.mean()),
+                    "nonlinearity": nonlin,
+                    "param_delta_norm": m.get("param_delta_norm", float("nan")),
+                    "grad_norm": m.get("actor/grad_norm", float("nan")),
+                    "clipfrac": m.get("actor/clipfrac", float("nan")),
+                }
+            )
     return pd.DataFrame(rows)

@@ -15,8 +15,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-QUADRANT_COLORS = {"zero": "0.75", "pos_high": "tab:blue", "pos_low": "tab:green", "neg_high": "tab:red",
-                   "neg_low": "tab:orange"}  # fmt: skip
+QUADRANT_COLORS = {
+    "zero": "0.75",
+    "pos_high": "tab:blue",
+    "pos_low": "tab:green",
+    "neg_high": "tab:red",
+    "neg_low": "tab:orange",
+}
 """Drawing order and colour: tokens with A = 0 first, underneath the quadrants."""
 
 
@@ -40,8 +45,13 @@ def scatter_figure(cell: pd.DataFrame, table: pd.DataFrame, title: str) -> Figur
         for j, name in enumerate(names):
             ax = axes[i, j]
             opt, lr = rows["optimizer"].iloc[0], rows["lr"].iloc[0]
-            stat = table[(table.stage == stage) & (table.estimator == name) & (table.subset == "all")
-                         & (table.optimizer == opt) & (table.lr == lr)]  # fmt: skip
+            stat = table[
+                (table.stage == stage)
+                & (table.estimator == name)
+                & (table.subset == "all")
+                & (table.optimizer == opt)
+                & (table.lr == lr)
+            ]
             scale = float(stat["scale"].mean()) if len(stat) else float("nan")  # over batches (NaN skipped)
             pred = rows[f"pred_{name}"].to_numpy() * (0.0 if math.isnan(scale) else scale)
             for q, color in QUADRANT_COLORS.items():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from steer.commands.ablate import _list
+from steer_cli.commands.ablate import _list
 
 
 def arguments(name: str) -> Callable[[argparse.ArgumentParser], None]:
@@ -21,8 +21,14 @@ def arguments(name: str) -> Callable[[argparse.ArgumentParser], None]:
         p.add_argument("--steps", type=int, help="RL steps per run (default: the study preset's)")
         p.add_argument("--output-dir", help=f"root folder (default runs/study-{name}); rerunning a folder resumes it")
         p.add_argument("--concurrency", type=int, default=1, help="runs trained at once (default 1)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a run setting for every arm, e.g. --set optim.lr=2e-4")  # fmt: skip
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a run setting for every arm, e.g. --set optim.lr=2e-4",
+        )
 
     return add
 
@@ -46,13 +52,19 @@ def build_config(name: str, args: argparse.Namespace):
             seeds = [int(s) for s in _list(args.seeds)]
         except ValueError:
             raise ConfigError(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1,2") from None
-    return study.config(arms=arms, seeds=seeds, steps=args.steps, overrides=parse_overrides(args.overrides),
-                        output_root=args.output_dir, concurrency=args.concurrency)  # fmt: skip
+    return study.config(
+        arms=arms,
+        seeds=seeds,
+        steps=args.steps,
+        overrides=parse_overrides(args.overrides),
+        output_root=args.output_dir,
+        concurrency=args.concurrency,
+    )
 
 
 def runner(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from steer.commands.ablate import execute
+        from steer_cli.commands.ablate import execute
 
         return execute(lambda: build_config(name, args), f"steer study {name}")
 

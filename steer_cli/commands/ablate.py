@@ -12,17 +12,29 @@ def _list(text: str) -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="base preset name (steer/presets/*.yaml) or a .yaml path")
-    p.add_argument("--arms", help="comma-separated arms: grpo, clip_higher, entropy_bonus, clip_cov, kl_cov, "
-                   "steer_0.6, steer_0.7, steer_0.8 (default: all of them), or any algorithm preset")  # fmt: skip
-    p.add_argument("--lambda-min-sweep", action="store_true",
-                   help="the lambda_min arms instead: clip_higher, steer_0.6, steer_0.7, steer_0.8")  # fmt: skip
+    p.add_argument(
+        "--arms",
+        help="comma-separated arms: grpo, clip_higher, entropy_bonus, clip_cov, kl_cov, "
+        "steer_0.6, steer_0.7, steer_0.8 (default: all of them), or any algorithm preset",
+    )
+    p.add_argument(
+        "--lambda-min-sweep",
+        action="store_true",
+        help="the lambda_min arms instead: clip_higher, steer_0.6, steer_0.7, steer_0.8",
+    )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (default 0,1,2)")
     p.add_argument("--steps", type=int, help="RL steps per run (default: the preset's)")
     p.add_argument("--output-dir", default="runs/ablation", help="root folder; {date} and {time} are filled in")
     p.add_argument("--experiment", default="steer-ablation", help="MLflow experiment")
     p.add_argument("--concurrency", type=int, default=1, help="runs trained at once (default 1)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a run setting for every arm, e.g. --set optim.lr=1e-4")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a run setting for every arm, e.g. --set optim.lr=1e-4",
+    )
 
 
 def build_config(args: argparse.Namespace):
@@ -35,9 +47,15 @@ def build_config(args: argparse.Namespace):
     except ValueError:
         raise ConfigError(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1,2") from None
     return AblationConfig(
-        preset=args.preset, arms=arms, seeds=seeds, steps=args.steps, overrides=parse_overrides(args.overrides),
-        output_root=args.output_dir, experiment=args.experiment, concurrency=args.concurrency,
-    )  # fmt: skip
+        preset=args.preset,
+        arms=arms,
+        seeds=seeds,
+        steps=args.steps,
+        overrides=parse_overrides(args.overrides),
+        output_root=args.output_dir,
+        experiment=args.experiment,
+        concurrency=args.concurrency,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,13 +78,15 @@ def execute(make_config, prog: str) -> int:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     from flows.ablate import ablate
-    from steer.commands.ablation_report import print_table
+    from steer_cli.commands.comparison import print_table
 
     result = ablate(config)
     print_table(result["table"])
     print(f"parent MLflow run: {result['parent_run_id']}  ({result['tracking_uri']})")
-    print(f"report: {result['report_dir']}  (re-render: steer report {result['parent_run_id']} "
-          f"--tracking-uri {result['tracking_uri']})")  # fmt: skip
+    print(
+        f"report: {result['report_dir']}  (re-render: steer report {result['parent_run_id']} "
+        f"--tracking-uri {result['tracking_uri']})"
+    )
     for name, why in result["skipped"].items():
         print(f"plot {name} skipped: {why}")
     return 0

@@ -1,4 +1,4 @@
-"""The ``steer`` command line: one sub-command per module in ``steer.commands``.
+"""The ``steer`` command line: one sub-command per module in ``steer_cli.commands``.
 
 Each command module defines ``add_arguments(parser)`` and ``run(args) -> int``. Heavy imports (torch, prefect,
 mlflow) happen inside ``run`` so that ``steer --help`` answers at once.
@@ -11,14 +11,15 @@ import importlib
 import os
 import sys
 
+_PKG = "steer_cli.commands"
 # sub-command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("steer.commands.train", "train a policy with STEER or a baseline (Prefect flow, MLflow tracking)"),
-    "eval": ("steer.commands.eval", "evaluate a model on benchmarks"),
-    "score": ("steer.commands.score", "score given completions against a benchmark, no model needed"),
-    "ablate": ("steer.commands.ablate", "train arms x seeds, one parent MLflow run, and compare them (plots, table)"),
-    "report": ("steer.commands.ablation_report", "re-render an ablation's report from MLflow by its parent run id"),
-    "study": ("steer.commands.study", "the studies of docs/results.md: steer study estimator | collapse | sensitivity"),
+    "train": (f"{_PKG}.train", "train a policy with STEER or a baseline (Prefect flow, MLflow tracking)"),
+    "eval": (f"{_PKG}.eval", "evaluate a model on benchmarks"),
+    "score": (f"{_PKG}.score", "score given completions against a benchmark, no model needed"),
+    "ablate": (f"{_PKG}.ablate", "train arms x seeds, one parent MLflow run, and compare them (plots, table)"),
+    "report": (f"{_PKG}.comparison", "re-render an ablation's report from MLflow by its parent run id"),
+    "study": (f"{_PKG}.study", "the studies of docs/results.md: steer study estimator | collapse | sensitivity"),
 }
 
 

@@ -1,4 +1,5 @@
-"""The ablation report, computed from plain tables: no Prefect, no MLflow (``tasks/report.py`` reads MLflow).
+"""The comparison of an ablation's arms (the ablation report), computed from plain tables: no Prefect, no MLflow
+(``tasks/comparison.py`` reads MLflow).
 
 Inputs, both pandas DataFrames in long form:
 
@@ -9,8 +10,8 @@ Inputs, both pandas DataFrames in long form:
 ``summary.summary_table`` gives the per-arm table, ``plots.render_report`` writes it with the PNGs to a folder.
 """
 
-from steer.report.plots import Report, render_report
-from steer.report.summary import run_summaries, summary_table, t_interval, table_markdown, weight_histogram
+from steer.comparison.plots import Report, render_report
+from steer.comparison.summary import run_summaries, summary_table, t_interval, table_markdown, weight_histogram
 
 __all__ = [
     "Report",

@@ -24,7 +24,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from steer.report.summary import ENTROPY, run_summaries, summary_table, table_markdown
+from steer.comparison.summary import ENTROPY, run_summaries, summary_table, table_markdown
 
 QUADRANTS = {
     "pos_high": "A > 0, high-probability token (lowers H)",
@@ -203,14 +203,22 @@ def render_report(
     table = summary_table(metrics, arms)
     report = Report(table=table, markdown=table_markdown(table))
     plots = {
-        "entropy": lambda p: plot_curve(metrics, ENTROPY, "token-mean entropy of the rollout policy (nats)",
-                                        "Entropy vs step (rollout/entropy)", p, arms, smooth=True),
-        "accuracy": lambda p: plot_curve(metrics, "eval/accuracy", "held-out accuracy",
-                                         "Held-out accuracy vs step (eval/accuracy)", p, arms),
+        "entropy": lambda p: plot_curve(
+            metrics,
+            ENTROPY,
+            "token-mean entropy of the rollout policy (nats)",
+            "Entropy vs step (rollout/entropy)",
+            p,
+            arms,
+            smooth=True,
+        ),
+        "accuracy": lambda p: plot_curve(
+            metrics, "eval/accuracy", "held-out accuracy", "Held-out accuracy vs step (eval/accuracy)", p, arms
+        ),
         "quadrants": lambda p: plot_quadrants(metrics, p, arms),
         "steer_weights": lambda p: plot_weight_histogram(weights, p, arms),
         "omega_vs_entropy": lambda p: plot_omega_vs_entropy(metrics, p, arms),
-    }  # fmt: skip
+    }
     reasons = {
         "entropy": f"no run logged {ENTROPY}",
         "accuracy": "no run logged eval/accuracy",

@@ -13,20 +13,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="RL steps")
     p.add_argument("--seed", type=int, help="run seed")
     p.add_argument("--output-dir", help="where the run writes; rerun with the same folder to resume")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any field with a dotted key, e.g. --set algorithm.steer_lambda_min=0.8")  # fmt: skip
-    p.add_argument("--help-config", action="store_true", help="list every config field with its help and exit")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any field with a dotted key, e.g. --set algorithm.token_weighting.lambda_min=0.8",
+    )
+    p.add_argument(
+        "--help-config",
+        action="store_true",
+        help="list the config fields of this preset and algorithm (its own components only), with help, and exit",
+    )
 
 
 def build_config(args: argparse.Namespace):
-    from steer.config import _merge, load_config, parse_overrides
+    from steer.config import load_config, merge, parse_overrides
 
-    overrides = parse_overrides(args.overrides)
     flags = {"steps": args.steps, "seed": args.seed, "output_dir": args.output_dir}
-    overrides = _merge(overrides, {k: v for k, v in flags.items() if v is not None})
-    if args.algorithm:
-        overrides = _merge(overrides, {"algorithm": {"name": args.algorithm}})
-    return load_config(args.preset, overrides)
+    overrides = merge(parse_overrides(args.overrides), {k: v for k, v in flags.items() if v is not None})
+    return load_config(args.preset, overrides, algorithm=args.algorithm)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,16 +41,16 @@ def run(args: argparse.Namespace) -> int:
 
     from steer.config import ConfigError, config_help
 
-    if args.help_config:
-        print(config_help())
-        return 0
     try:
         config = build_config(args)
     except ConfigError as e:
         print(f"steer train: {e}", file=sys.stderr)
         return 2
+    if args.help_config:
+        print(config_help(config))
+        return 0
     from flows.train import train
-    from steer.commands.report import print_summary
+    from steer_cli.commands.printing import print_summary
 
     summary = train(config)
     print_summary(summary)

@@ -14,8 +14,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, help="default: the benchmark's (1.0)")
     p.add_argument("--top-p", type=float, help="default: the benchmark's (0.7)")
     p.add_argument("--template", help="prompt template over {problem}; default: the benchmark's")
-    p.add_argument("--data-path", action="append", default=[], metavar="NAME=FILE",
-                   help="local .jsonl/.parquet copy of a hub benchmark")  # fmt: skip
+    p.add_argument(
+        "--data-path",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="local .jsonl/.parquet copy of a hub benchmark",
+    )
     p.add_argument("--output-dir", default="runs/eval")
     p.add_argument("--seed", type=int, default=0)
 
@@ -32,10 +37,18 @@ def run(args: argparse.Namespace) -> int:
     data_paths = dict(item.split("=", 1) for item in args.data_path)
     try:
         results = evaluate(
-            model=args.model, benchmarks=args.benchmark.split(","), k=args.k, limit=args.limit,
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-            template=args.template, data_paths=data_paths, output_dir=args.output_dir, seed=args.seed,
-        )  # fmt: skip
+            model=args.model,
+            benchmarks=args.benchmark.split(","),
+            k=args.k,
+            limit=args.limit,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            template=args.template,
+            data_paths=data_paths,
+            output_dir=args.output_dir,
+            seed=args.seed,
+        )
     except (BenchmarkUnavailable, KeyError) as e:
         print(f"steer eval: {e}", file=sys.stderr)
         return 2

@@ -26,9 +26,9 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from steer.report import Report, render_report, weight_histogram
-from steer.report.plots import OMEGA, QUADRANTS
-from steer.report.summary import ACCURACY, ENTROPY
+from steer.comparison import Report, render_report, weight_histogram
+from steer.comparison.plots import OMEGA, QUADRANTS
+from steer.comparison.summary import ACCURACY, ENTROPY
 from tasks.tracking import with_retries
 
 REPORT_KEYS = (ENTROPY, ACCURACY, OMEGA, *(f"steer/quadrant/{q}/share" for q in QUADRANTS))
@@ -85,8 +85,9 @@ def load_weight_histograms(client: MlflowClient, runs: list[Run]) -> pd.DataFram
             except (MlflowException, OSError):  # a child that failed before its rollouts were summarised
                 continue
             hist = pd.read_csv(path)
-            frames.append(hist.assign(arm=run.data.tags.get(ARM_TAG, run.info.run_name),
-                                      seed=int(run.data.tags.get(SEED_TAG, 0))))  # fmt: skip
+            frames.append(
+                hist.assign(arm=run.data.tags.get(ARM_TAG, run.info.run_name), seed=int(run.data.tags.get(SEED_TAG, 0)))
+            )
     columns = ["arm", "seed", "bin_left", "bin_right", "count"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
@@ -133,8 +134,16 @@ def prefect_artifacts(report: Report, urls: dict[str, str], parent_run_id: str, 
     """A markdown artifact (key ``ablation-summary``) with the table and links, an image artifact per PNG."""
     from prefect.artifacts import create_image_artifact, create_markdown_artifact
 
-    lines = [f"# Ablation `{parent_run_id}`", "", report.markdown, "", f"MLflow: `{tracking_uri}`, parent run "
-             f"`{parent_run_id}`; re-render with `steer report {parent_run_id}`.", "", "## Plots", ""]  # fmt: skip
+    lines = [
+        f"# Ablation `{parent_run_id}`",
+        "",
+        report.markdown,
+        "",
+        f"MLflow: `{tracking_uri}`, parent run `{parent_run_id}`; re-render with `steer report {parent_run_id}`.",
+        "",
+        "## Plots",
+        "",
+    ]
     lines += [f"- [{name}]({url})" for name, url in urls.items()]
     lines += [f"- {name}: skipped, {why}" for name, why in report.skipped.items()]
     create_markdown_artifact("\n".join(lines), key="ablation-summary", description="STEER ablation summary")

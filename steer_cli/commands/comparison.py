@@ -14,8 +14,9 @@ DEFAULT_STORE = Path("runs/ablation/mlflow.db")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", help="the ablation's parent MLflow run id (printed by `steer ablate`)")
-    p.add_argument("--tracking-uri", help=f"MLflow store or server; default: $MLFLOW_TRACKING_URI, else "
-                   f"sqlite:///{DEFAULT_STORE}")  # fmt: skip
+    p.add_argument(
+        "--tracking-uri", help=f"MLflow store or server; default: $MLFLOW_TRACKING_URI, else sqlite:///{DEFAULT_STORE}"
+    )
     p.add_argument("--output-dir", help="where the PNGs and tables go; default: runs/report-<first 8 of RUN_ID>")
 
 
@@ -25,7 +26,7 @@ def print_table(table) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from steer.report.summary import formatted_rows
+    from steer.comparison.summary import formatted_rows
 
     headers, rows = formatted_rows(pd.DataFrame(table))
     out = Table(title="ablation: mean ± 95% t-interval over seeds")
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from tasks.report import rebuild_report
+    from tasks.comparison import rebuild_report
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:

@@ -1,0 +1,112 @@
+"""Hashes of seeded ``steer train`` runs: per-step metric values and final weights, one pair per algorithm.
+
+Runs the real command line in-process (``steer train --preset tiny --steps 5 --algorithm A --output-dir D``), then
+hashes
+
+- ``metrics``: every MLflow metric of the run except ``timing/*`` and ``perf/*`` (wall-clock), key by key in sorted
+  order, each point as ``key step value`` with the value's exact float (``float.hex``);
+- ``weights``: the last checkpoint's safetensors tensors in sorted name order (name, dtype, shape, raw bytes).
+
+    python scripts/golden_hashes.py                    # the tiny preset as is (B=32, G=8): minutes per algorithm
+    python scripts/golden_hashes.py --small            # the golden test's small batch (tests/golden/)
+    python scripts/golden_hashes.py --small --write tests/golden/train_hashes.json
+
+The golden test (tests/test_golden.py) compares against the stored file, so a refactor that changes seeded results
+in any bit fails it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ALGORITHMS = ("steer", "grpo", "clip_cov", "fork_tokens")
+STEPS = 5
+# a small batch keeping every layer of the loop (2 mini-batches x 2 micro-batches, eval at 0 and at the end)
+SMALL = [
+    "rollout.prompts_per_step=4",
+    "rollout.samples_per_prompt=4",
+    "rollout.max_new_tokens=8",
+    "optim.mini_batch_prompts=2",
+    "optim.micro_batch_size=4",
+    "eval.every=0",
+    "eval.max_new_tokens=8",
+    "data.heldout_size=16",
+    "data.train_size=200",
+    "checkpoint_every=0",
+]
+WALL_CLOCK = ("timing/", "perf/")
+
+
+def _main_of_cli():
+    try:
+        from steer_cli.main import main
+    except ImportError:  # the tree before the CLI moved out of the library
+        from steer.cli import main
+    return main
+
+
+def metrics_hash(out: Path) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    keys = sorted(k for k in client.get_run(run_id).data.metrics if not k.startswith(WALL_CLOCK))
+    h = hashlib.sha256()
+    for key in keys:
+        for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step):
+            h.update(f"{key} {m.step} {float(m.value).hex()}\n".encode())
+    return h.hexdigest()
+
+
+def weights_hash(out: Path) -> str:
+    from safetensors.torch import load_file
+
+    from steer.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(out / "checkpoints")
+    h = hashlib.sha256()
+    for shard in sorted(ckpt.glob("*.safetensors")):
+        tensors = load_file(shard)
+        for name in sorted(tensors):
+            t = tensors[name].contiguous()
+            h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+            h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_hashes(algorithm: str, root: Path, *, small: bool) -> dict[str, str]:
+    """Train ``algorithm`` through ``steer train`` into ``root/algorithm`` and hash what it left."""
+    out = root / algorithm
+    argv = ["train", "--preset", "tiny", "--steps", str(STEPS), "--algorithm", algorithm, "--output-dir", str(out)]
+    for pair in SMALL if small else []:
+        argv += ["--set", pair]
+    rc = _main_of_cli()(argv)
+    if rc:
+        raise SystemExit(f"steer train {' '.join(argv)} exited {rc}")
+    return {"metrics": metrics_hash(out), "weights": weights_hash(out)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--small", action="store_true", help="the golden test's small batch instead of the full preset")
+    p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    p.add_argument("--write", help="write the hashes to this JSON file")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        hashes = {a: run_hashes(a, Path(tmp), small=args.small) for a in args.algorithms}
+    text = json.dumps({"steps": STEPS, "small": args.small, "hashes": hashes}, indent=2) + "\n"
+    print(text)
+    if args.write:
+        Path(args.write).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

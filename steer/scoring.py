@@ -1,0 +1,57 @@
+"""Teacher-forced scoring of a ``PolicyBatch``: log pi(a_t | s_t) and H(s_t) of every response token.
+
+``forward_logprobs`` is one forward pass (with gradient if enabled), ``score_batch`` the no-grad pass over a whole
+batch in micro-batches (the rollout policy's ``old_logp``/``old_entropy``, the mini-batch normaliser's Omega).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor
+
+from steer.batch import PolicyBatch
+from steer.logprobs import token_logprobs_and_entropy
+
+
+def forward_logprobs(
+    model: torch.nn.Module, batch: PolicyBatch, *, temperature: float = 1.0, autocast_dtype: torch.dtype | None = None
+) -> tuple[Tensor, Tensor]:
+    """log pi(a_t | s_t) and H(s_t) of every response token, (N, T) each, with gradient if enabled."""
+    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, P + T)
+    t = batch.response_mask.shape[1]
+    ctx = (
+        torch.autocast(device_type=batch.input_ids.device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with ctx:
+        out = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            logits_to_keep=t + 1,  # only the logits that predict response tokens (and one spare)
+        )
+    logits = out.logits[:, :-1]  # (N, T, V): column P + t - 1 predicts response token t
+    return token_logprobs_and_entropy(logits, batch.response_ids, temperature=temperature)
+
+
+@torch.no_grad()
+def score_batch(
+    model: torch.nn.Module,
+    batch: PolicyBatch,
+    *,
+    micro_batch_size: int,
+    temperature: float = 1.0,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """No-grad log-probs and entropies of the whole batch, micro-batch by micro-batch: (N, T), (N, T)."""
+    logps, ents = [], []
+    for idx in torch.arange(len(batch)).split(micro_batch_size):
+        logp, ent = forward_logprobs(model, batch.select(idx), temperature=temperature, autocast_dtype=autocast_dtype)
+        logps.append(logp)
+        ents.append(ent)
+    mask = batch.response_mask
+    return torch.cat(logps) * mask, torch.cat(ents) * mask  # (N, T), zeros on padding
