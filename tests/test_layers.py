@@ -22,11 +22,17 @@ def test_import_contracts_of_pyproject_hold():
     assert result.returncode == 0
 
 
+# programs the code verifier runs inside its sandbox with steer/verifiers/_codec.py's text prepended: they are read as
+# text, never imported (on their own they lack the codec's names)
+SANDBOX_PROGRAMS = ("steer.verifiers._call_harness", "steer.verifiers._check_replay")
+
+
 def test_every_library_module_imports_without_prefect_mlflow_or_the_upper_layers():
     code = (
         "import importlib, pkgutil, sys, steer\n"
         "for m in pkgutil.walk_packages(steer.__path__, 'steer.'):\n"
-        "    importlib.import_module(m.name)\n"
+        f"    if m.name not in {SANDBOX_PROGRAMS!r}:\n"
+        "        importlib.import_module(m.name)\n"
         "upper = ('prefect', 'mlflow', 'tasks', 'flows', 'steer_cli')\n"
         "print(sorted({k.split('.')[0] for k in sys.modules if k.split('.')[0] in upper}))\n"
     )
