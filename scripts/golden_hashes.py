@@ -8,11 +8,15 @@ hashes
 - ``weights``: the last checkpoint's safetensors tensors in sorted name order (name, dtype, shape, raw bytes).
 
     python scripts/golden_hashes.py                    # the tiny preset as is (B=32, G=8): minutes per algorithm
-    python scripts/golden_hashes.py --small            # the golden test's small batch (tests/golden/)
-    python scripts/golden_hashes.py --small --write tests/golden/train_hashes.json
+    python scripts/golden_hashes.py --small --model DIR --threads 1 --write tests/golden/train_hashes.json
 
-The golden test (tests/test_golden.py) compares against the stored file, so a refactor that changes seeded results
-in any bit fails it.
+The golden test (tests/test_golden.py) runs the small batch on the test-size policy (tests/policies.py) with one
+torch thread and compares against the stored file, so a refactor that changes seeded results in any bit fails it.
+
+Bits are reproducible on one kind of machine, not across kinds: the policy is warm-started on the machine, and
+torch's CPU kernels differ by instruction set. The file therefore records the ``fingerprint`` of the machine it was
+made on, and the test runs only where the fingerprint matches (elsewhere it skips and says how to record anew: run
+this script with ``--write`` on the commit before the change, then compare after it).
 """
 
 from __future__ import annotations
@@ -44,10 +48,10 @@ WALL_CLOCK = ("timing/", "perf/")
 
 
 def _main_of_cli():
-    try:
-        from steer_cli.main import main
-    except ImportError:  # the tree before the CLI moved out of the library
+    try:  # the tree before the CLI moved out of the library first: its steer_cli may resolve to an installed copy
         from steer.cli import main
+    except ImportError:
+        from steer_cli.main import main
     return main
 
 
@@ -80,11 +84,35 @@ def weights_hash(out: Path) -> str:
     return h.hexdigest()
 
 
-def run_hashes(algorithm: str, root: Path, *, small: bool) -> dict[str, str]:
-    """Train ``algorithm`` through ``steer train`` into ``root/algorithm`` and hash what it left."""
+def fingerprint(threads: int | None) -> dict[str, str]:
+    """What seeded bits depend on besides the code: torch's version, the CPU and its kernel level, the threads."""
+    import platform
+
+    import torch
+
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor()
+    return {
+        "torch": torch.__version__,
+        "cpu": cpu,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": str(threads),
+    }
+
+
+def run_hashes(
+    algorithm: str, root: Path, *, small: bool, model: str | None = None, threads: int | None = None
+) -> dict[str, str]:
+    """Train ``algorithm`` through ``steer train`` into ``root/algorithm`` and hash what it left. ``model`` and
+    ``threads`` override ``model.name_or_path`` and ``model.num_threads``."""
     out = root / algorithm
     argv = ["train", "--preset", "tiny", "--steps", str(STEPS), "--algorithm", algorithm, "--output-dir", str(out)]
-    for pair in SMALL if small else []:
+    pairs = list(SMALL if small else [])
+    pairs += [f"model.name_or_path={model}"] if model else []
+    pairs += [f"model.num_threads={threads}"] if threads else []
+    for pair in pairs:
         argv += ["--set", pair]
     rc = _main_of_cli()(argv)
     if rc:
@@ -96,12 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small", action="store_true", help="the golden test's small batch instead of the full preset")
     p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    p.add_argument("--model", help="model.name_or_path (default: the preset's, the embedded tiny policy)")
+    p.add_argument("--threads", type=int, help="model.num_threads (default: the preset's)")
     p.add_argument("--write", help="write the hashes to this JSON file")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
-        hashes = {a: run_hashes(a, Path(tmp), small=args.small) for a in args.algorithms}
-    text = json.dumps({"steps": STEPS, "small": args.small, "hashes": hashes}, indent=2) + "\n"
+        hashes = {
+            a: run_hashes(a, Path(tmp), small=args.small, model=args.model, threads=args.threads)
+            for a in args.algorithms
+        }
+    record = {"steps": STEPS, "small": args.small, "fingerprint": fingerprint(args.threads), "hashes": hashes}
+    text = json.dumps(record, indent=2) + "\n"
     print(text)
     if args.write:
         Path(args.write).write_text(text)
