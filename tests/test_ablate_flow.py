@@ -41,8 +41,20 @@ def small_flags() -> list[str]:
 
 def ablate_argv(root: Path) -> list[str]:
     """Two runs at a time: the subflows share the process, the MLflow store and the cores."""
-    return ["ablate", "--arms", ",".join(ARMS), "--seeds", "0,1", "--steps", "2", "--output-dir", str(root),
-            "--concurrency", "2", *small_flags()]  # fmt: skip
+    return [
+        "ablate",
+        "--arms",
+        ",".join(ARMS),
+        "--seeds",
+        "0,1",
+        "--steps",
+        "2",
+        "--output-dir",
+        str(root),
+        "--concurrency",
+        "2",
+        *small_flags(),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +76,8 @@ def test_parent_and_child_runs(ablation):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
     assert len(runs) == 5 and len(children) == 4  # nothing logged outside the parent and its children
     assert {(r.data.tags["steer.arm"], r.data.tags["steer.seed"]) for r in children} == {
-        (a, s) for a in ARMS for s in ("0", "1")}  # fmt: skip
+        (a, s) for a in ARMS for s in ("0", "1")
+    }
     for run in children:
         arm, seed = run.data.tags["steer.arm"], run.data.tags["steer.seed"]
         out = root / arm / f"seed-{seed}"
@@ -127,8 +140,10 @@ def test_docs_queries_run(ablation):
 
     by_quadrant, per_arm = (duckdb.sql(q).df() for q in re.findall(r"```sql\n(.*?)```", text, flags=re.S))
     pandas_table = scope["by_quadrant"].reset_index()
-    assert by_quadrant[["step", "quadrant", "tokens"]].values.tolist() == pandas_table[
-        ["step", "quadrant", "tokens"]].values.tolist()  # fmt: skip
+    assert (
+        by_quadrant[["step", "quadrant", "tokens"]].values.tolist()
+        == pandas_table[["step", "quadrant", "tokens"]].values.tolist()
+    )
     np.testing.assert_allclose(by_quadrant.mean_weight, pandas_table.mean_weight, rtol=1e-5)
     assert set(by_quadrant.quadrant) <= {"pos_high", "pos_low", "neg_high", "neg_low", "zero"}
     assert per_arm.arm.unique().tolist() == ARMS and (per_arm[per_arm.arm == "grpo"].mean_weight == 1).all()
@@ -163,8 +178,10 @@ def test_a_failing_arm_fails_the_flow_but_not_the_other_arms(prefect_harness, sm
 
     if "broken_math" not in VERIFIERS:
         VERIFIERS.register("broken_math")(BrokenScorer)
-    arms = [ArmSpec(name="grpo", algorithm="grpo"),
-            ArmSpec(name="broken", algorithm="grpo", overrides={"verifier": "broken_math"})]  # fmt: skip
+    arms = [
+        ArmSpec(name="grpo", algorithm="grpo"),
+        ArmSpec(name="broken", algorithm="grpo", overrides={"verifier": "broken_math"}),
+    ]
     small = {k: v for k, v in SMALL.items() if k != "steps"}
     config = AblationConfig(arms=arms, seeds=[0], steps=1, overrides=small, output_root=str(tmp_path))
     with pytest.raises(RuntimeError, match="1 of 2 runs failed: broken/seed-0"):
@@ -172,7 +189,9 @@ def test_a_failing_arm_fails_the_flow_but_not_the_other_arms(prefect_harness, sm
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = client.get_run((tmp_path / "mlflow_run_id").read_text().strip())
     assert parent.info.status == "FAILED"
-    status = {arm: client.get_run((tmp_path / arm / "seed-0" / "mlflow_run_id").read_text().strip()).info.status
-              for arm in ("grpo", "broken")}  # fmt: skip
+    status = {
+        arm: client.get_run((tmp_path / arm / "seed-0" / "mlflow_run_id").read_text().strip()).info.status
+        for arm in ("grpo", "broken")
+    }
     assert status == {"grpo": "FINISHED", "broken": "FAILED"}
     assert pd.read_csv(tmp_path / "report" / "summary.csv").arm.tolist() == ["grpo"]  # failed runs are left out

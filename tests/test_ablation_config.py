@@ -15,8 +15,16 @@ pytestmark = pytest.mark.unit
 
 
 def test_default_arms_are_the_papers_comparison():
-    assert [a.name for a in DEFAULT_ARMS] == ["grpo", "clip_higher", "entropy_bonus", "clip_cov", "kl_cov",
-                                              "steer_0.6", "steer_0.7", "steer_0.8"]  # fmt: skip
+    assert [a.name for a in DEFAULT_ARMS] == [
+        "grpo",
+        "clip_higher",
+        "entropy_bonus",
+        "clip_cov",
+        "kl_cov",
+        "steer_0.6",
+        "steer_0.7",
+        "steer_0.8",
+    ]
     jobs = AblationConfig(seeds=[0]).jobs(Path("root"))
     weightings = {j.arm: j.config.algorithm.token_weighting for j in jobs}
     lam = {arm: w.lambda_min for arm, w in weightings.items() if w.name == "steer"}
@@ -27,10 +35,15 @@ def test_default_arms_are_the_papers_comparison():
 
 def test_jobs_layout_and_override_order():
     cfg = AblationConfig(
-        arms=[ArmSpec(name="lo", algorithm="steer",
-                      overrides={"algorithm.token_weighting.lambda_min": 0.6, "optim.lr": 3e-4})],
-        seeds=[0, 5], steps=7, overrides={"optim.lr": 1e-4, "rollout": {"max_new_tokens": 9}},
-    )  # fmt: skip
+        arms=[
+            ArmSpec(
+                name="lo", algorithm="steer", overrides={"algorithm.token_weighting.lambda_min": 0.6, "optim.lr": 3e-4}
+            )
+        ],
+        seeds=[0, 5],
+        steps=7,
+        overrides={"optim.lr": 1e-4, "rollout": {"max_new_tokens": 9}},
+    )
     jobs = cfg.jobs(Path("out"))
     assert [(j.arm, j.seed) for j in jobs] == [("lo", 0), ("lo", 5)]
     c = jobs[1].config

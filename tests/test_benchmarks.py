@@ -21,8 +21,18 @@ from steer.verifiers.math import verify_math
 
 pytestmark = pytest.mark.unit
 
-NAMES = ["aime24", "aime25", "amc23", "champ", "humaneval", "livecodebench_v5", "math500", "minerva_math",
-         "olympiadbench", "reasoning_gym_heldout"]  # fmt: skip
+NAMES = [
+    "aime24",
+    "aime25",
+    "amc23",
+    "champ",
+    "humaneval",
+    "livecodebench_v5",
+    "math500",
+    "minerva_math",
+    "olympiadbench",
+    "reasoning_gym_heldout",
+]
 
 
 def test_registry_and_paper_sampling_defaults():
@@ -139,16 +149,34 @@ def _lcb_rows() -> list[dict]:
     stdin_tests = [{"input": "3 4\n", "output": "7\n", "testtype": "stdin"}]
     fn_tests = [{"input": "[1, 2, 3]\n2", "output": "[2, 4, 6]", "testtype": "functional"}]
     return [
-        {"question_id": "abc100_a", "question_content": "Print A+B.", "starter_code": "", "contest_date":
-         "2024-09-01T00:00:00", "public_test_cases": json.dumps(stdin_tests), "metadata": "{}",
-         "private_test_cases": _private([{"input": "10 5\n", "output": "15\n", "testtype": "stdin"}])},
-        {"question_id": "lc-1", "question_content": "Scale a list.", "contest_date": "2024-10-01T00:00:00",
-         "starter_code": "class Solution:\n    def scale(self, xs: list, k: int) -> list:\n        ",
-         "public_test_cases": json.dumps(fn_tests), "private_test_cases": _private([]),
-         "metadata": json.dumps({"func_name": "scale"})},
-        {"question_id": "old", "question_content": "Too old.", "starter_code": "", "contest_date": "2023-05-01",
-         "public_test_cases": json.dumps(stdin_tests), "private_test_cases": "", "metadata": "{}"},
-    ]  # fmt: skip
+        {
+            "question_id": "abc100_a",
+            "question_content": "Print A+B.",
+            "starter_code": "",
+            "contest_date": "2024-09-01T00:00:00",
+            "public_test_cases": json.dumps(stdin_tests),
+            "metadata": "{}",
+            "private_test_cases": _private([{"input": "10 5\n", "output": "15\n", "testtype": "stdin"}]),
+        },
+        {
+            "question_id": "lc-1",
+            "question_content": "Scale a list.",
+            "contest_date": "2024-10-01T00:00:00",
+            "starter_code": "class Solution:\n    def scale(self, xs: list, k: int) -> list:\n        ",
+            "public_test_cases": json.dumps(fn_tests),
+            "private_test_cases": _private([]),
+            "metadata": json.dumps({"func_name": "scale"}),
+        },
+        {
+            "question_id": "old",
+            "question_content": "Too old.",
+            "starter_code": "",
+            "contest_date": "2023-05-01",
+            "public_test_cases": json.dumps(stdin_tests),
+            "private_test_cases": "",
+            "metadata": "{}",
+        },
+    ]
 
 
 def test_livecodebench_local_file_and_date_window(tmp_path):

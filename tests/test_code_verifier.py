@@ -21,8 +21,12 @@ from steer.verifiers.sandbox import Limits, isolation, run_program
 pytestmark = pytest.mark.unit
 
 FAST = Limits(wall_s=5, cpu_s=2)
-ADD = {"kind": "humaneval", "prompt": "from typing import List\n\n\ndef add(xs: List[int]) -> int:\n",
-       "test": "def check(candidate):\n    assert candidate([1, 2]) == 3\n", "entry_point": "add"}  # fmt: skip
+ADD = {
+    "kind": "humaneval",
+    "prompt": "from typing import List\n\n\ndef add(xs: List[int]) -> int:\n",
+    "test": "def check(candidate):\n    assert candidate([1, 2]) == 3\n",
+    "entry_point": "add",
+}
 
 
 def test_sandbox_runs_a_program_with_stdin():

@@ -45,9 +45,23 @@ from steer.studies.stats import fit_scale_mse, pearson, rankdata, sign_agreement
 pytestmark = pytest.mark.unit
 
 ESTIMATORS = ENTROPY_CHANGE_ESTIMATORS.names()
-TOKEN_COLUMNS = ["stage", "checkpoint_step", "batch", "optimizer", "lr", "row", "t", "state", "advantage", "logp",
-                 "entropy_before", "entropy_after", "realized", "quadrant",
-                 *(f"pred_{n}" for n in ESTIMATORS)]  # fmt: skip
+TOKEN_COLUMNS = [
+    "stage",
+    "checkpoint_step",
+    "batch",
+    "optimizer",
+    "lr",
+    "row",
+    "t",
+    "state",
+    "advantage",
+    "logp",
+    "entropy_before",
+    "entropy_after",
+    "realized",
+    "quadrant",
+    *(f"pred_{n}" for n in ESTIMATORS),
+]
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -121,13 +135,16 @@ def test_state_ids_mark_tokens_sampled_at_the_same_state():
     batch = build_policy_batch(prompts, group, resp, torch.ones(5, 3), torch.zeros(5), pad_id=0)
     ids = state_ids(batch)
     same = ids[:, None, :] == ids[None, :, :]  # (N, N, T)
-    expected = torch.tensor([  # which rows share each response position's state
-        [[1, 1, 1], [1, 1, 1], [1, 1, 0], [0, 0, 0], [0, 0, 0]],
-        [[1, 1, 1], [1, 1, 1], [1, 1, 0], [0, 0, 0], [0, 0, 0]],
-        [[1, 1, 0], [1, 1, 0], [1, 1, 1], [0, 0, 0], [0, 0, 0]],
-        [[0, 0, 0], [0, 0, 0], [0, 0, 0], [1, 1, 1], [1, 0, 0]],
-        [[0, 0, 0], [0, 0, 0], [0, 0, 0], [1, 0, 0], [1, 1, 1]],
-    ], dtype=torch.bool)  # fmt: skip
+    expected = torch.tensor(
+        [  # which rows share each response position's state
+            [[1, 1, 1], [1, 1, 1], [1, 1, 0], [0, 0, 0], [0, 0, 0]],
+            [[1, 1, 1], [1, 1, 1], [1, 1, 0], [0, 0, 0], [0, 0, 0]],
+            [[1, 1, 0], [1, 1, 0], [1, 1, 1], [0, 0, 0], [0, 0, 0]],
+            [[0, 0, 0], [0, 0, 0], [0, 0, 0], [1, 1, 1], [1, 0, 0]],
+            [[0, 0, 0], [0, 0, 0], [0, 0, 0], [1, 0, 0], [1, 1, 1]],
+        ],
+        dtype=torch.bool,
+    )
     assert torch.equal(same, expected)
     assert len(set(ids.flatten().tolist())) == 2 + 3 + 4  # distinct states at t = 0, 1, 2
 
@@ -144,16 +161,23 @@ def _rollout_batch(model, tok, *, seed: int, rewards=None):
 
     problems = train_problems(ArithmeticTask(), 8)
     engine = make_rollout_engine("hf", model=model, tokenizer=tok)
-    ro = engine.generate([format_prompt(tok, p["prompt"]) for p in problems], n_samples=8, temperature=1.0,
-                         top_p=1.0, max_new_tokens=12, seed=seed)  # fmt: skip
+    ro = engine.generate(
+        [format_prompt(tok, p["prompt"]) for p in problems],
+        n_samples=8,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=12,
+        seed=seed,
+    )
     if rewards is None:
         answers = [problems[int(i)]["answer"] for i in ro.group_index]
         values = [1.0 if extract_boxed(r) == a else -1.0 for r, a in zip(ro.response_text, answers, strict=True)]
     else:
         values = [rewards(int(g), k % 8) for k, g in enumerate(ro.group_index)]
     adv = compute_advantages(torch.tensor(values), ro.group_index)
-    batch = build_policy_batch(ro.prompt_ids, ro.group_index, ro.response_ids, ro.response_mask, adv,
-                               pad_id=tok.pad_token_id)  # fmt: skip
+    batch = build_policy_batch(
+        ro.prompt_ids, ro.group_index, ro.response_ids, ro.response_mask, adv, pad_id=tok.pad_token_id
+    )
     batch.old_logp, batch.old_entropy = score_states(model, batch, micro_batch_size=32)
     return batch
 
@@ -239,8 +263,16 @@ def test_first_order_tracks_a_small_sgd_step_on_the_tiny_policy():
     first, cov = [], []
     for seed in range(8):
         batch = _rollout_batch(model, tok, seed=seed)
-        preds = predict(ESTIMATORS, batch.old_logp, batch.old_logp, batch.old_entropy, batch.old_entropy,
-                        batch.advantages, batch.response_mask, **a.clip.model_dump(exclude={"dual_clip_c"}))  # fmt: skip
+        preds = predict(
+            ESTIMATORS,
+            batch.old_logp,
+            batch.old_logp,
+            batch.old_entropy,
+            batch.old_entropy,
+            batch.advantages,
+            batch.response_mask,
+            **a.clip.model_dump(exclude={"dual_clip_c"}),
+        )
         step = entropy_change_step(model, batch, a, optimizer="sgd", lr=1e-3, micro_batch_size=32)
         rows = estimator_table(token_frame(batch, preds, [step], stage="start", checkpoint_step=0))
         rows = rows.set_index(["estimator", "subset"])
@@ -281,8 +313,17 @@ def test_first_order_predicts_the_step_of_a_tabular_like_policy():
     adv = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
     batch = build_policy_batch(prompts, torch.arange(n), torch.tensor(rows), torch.ones(n, t), adv, pad_id=0)
     batch.old_logp, batch.old_entropy = score_states(model, batch, micro_batch_size=8)
-    preds = predict(["first_order"], batch.old_logp, batch.old_logp, batch.old_entropy, batch.old_entropy, adv,
-                    batch.response_mask, eps_low=0.2, eps_high=0.28)  # fmt: skip
+    preds = predict(
+        ["first_order"],
+        batch.old_logp,
+        batch.old_logp,
+        batch.old_entropy,
+        batch.old_entropy,
+        adv,
+        batch.response_mask,
+        eps_low=0.2,
+        eps_high=0.28,
+    )
     lr = 1.0
     step = entropy_change_step(model, batch, get_algorithm("grpo"), optimizer="sgd", lr=lr, micro_batch_size=8)
     row = estimator_table(token_frame(batch, preds, [step], stage="start", checkpoint_step=0)).iloc[0]
@@ -295,10 +336,20 @@ def test_first_order_predicts_the_step_of_a_tabular_like_policy():
 def test_token_frame_and_table_shapes(tiny):
     model, batch = tiny
     a = get_algorithm("steer")
-    preds = predict(ESTIMATORS, batch.old_logp, batch.old_logp, batch.old_entropy, batch.old_entropy,
-                    batch.advantages, batch.response_mask, **a.clip.model_dump(exclude={"dual_clip_c"}))  # fmt: skip
-    steps = [entropy_change_step(model, batch, a, optimizer=o, lr=lr, micro_batch_size=32)
-             for o, lr in [("sgd", 1e-3), ("sgd", 1e-2)]]  # fmt: skip
+    preds = predict(
+        ESTIMATORS,
+        batch.old_logp,
+        batch.old_logp,
+        batch.old_entropy,
+        batch.old_entropy,
+        batch.advantages,
+        batch.response_mask,
+        **a.clip.model_dump(exclude={"dual_clip_c"}),
+    )
+    steps = [
+        entropy_change_step(model, batch, a, optimizer=o, lr=lr, micro_batch_size=32)
+        for o, lr in [("sgd", 1e-3), ("sgd", 1e-2)]
+    ]
     one = token_frame(batch, preds, steps, stage="start", checkpoint_step=0)
     n_valid = int(batch.response_mask.sum())
     assert list(one.columns) == TOKEN_COLUMNS and len(one) == 2 * n_valid and (one.batch == 0).all()
@@ -331,10 +382,24 @@ def test_summary_is_the_mean_and_t_interval_over_batches():
         for b in range(3):
             for subset in ("all", "states", "pos_high"):
                 mse_zero = rng.uniform(1, 2)
-                rows.append({"stage": stage, "checkpoint_step": step, "batch": b, "optimizer": "sgd", "lr": 1e-3,
-                             "estimator": "first_order", "subset": subset, "n": 100 + b, "pearson": rng.uniform(-1, 1),
-                             "spearman": rng.uniform(-1, 1), "scale": 1.0, "mse": rng.uniform(0, 2) * mse_zero,
-                             "mse_zero": mse_zero, "sign_agreement": 0.5})  # fmt: skip
+                rows.append(
+                    {
+                        "stage": stage,
+                        "checkpoint_step": step,
+                        "batch": b,
+                        "optimizer": "sgd",
+                        "lr": 1e-3,
+                        "estimator": "first_order",
+                        "subset": subset,
+                        "n": 100 + b,
+                        "pearson": rng.uniform(-1, 1),
+                        "spearman": rng.uniform(-1, 1),
+                        "scale": 1.0,
+                        "mse": rng.uniform(0, 2) * mse_zero,
+                        "mse_zero": mse_zero,
+                        "sign_agreement": 0.5,
+                    }
+                )
     rows[-1]["spearman"] = float("nan")  # undefined in one batch: the summary uses the other two
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     summary = summary_table(table)
@@ -342,8 +407,11 @@ def test_summary_is_the_mean_and_t_interval_over_batches():
     for rec in summary.to_dict("records"):
         per_batch = table[(table.stage == rec["stage"]) & (table.subset == rec["subset"])]
         assert rec["batches"] == 3 and rec["n"] == pytest.approx(101.0)
-        for stat, values in [("pearson", per_batch.pearson), ("spearman", per_batch.spearman),
-                             ("mse_ratio", per_batch.mse / per_batch.mse_zero)]:  # fmt: skip
+        for stat, values in [
+            ("pearson", per_batch.pearson),
+            ("spearman", per_batch.spearman),
+            ("mse_ratio", per_batch.mse / per_batch.mse_zero),
+        ]:
             x = values.dropna().to_numpy()
             low, high = sp.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=sp.sem(x))
             assert rec[stat] == pytest.approx(np.mean(x)) and rec[f"{stat}_ci"] == pytest.approx((high - low) / 2)
@@ -404,12 +472,21 @@ def test_cli_rejects_bad_values_before_prefect_starts(capsys, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ end to end
 SOURCE = {
-    "steps": 2, "checkpoint_every": 1, "data.heldout_size": 16, "data.train_size": 200,
-    "rollout.prompts_per_step": 4, "rollout.samples_per_prompt": 4, "rollout.max_new_tokens": 8,
-    "optim.mini_batch_prompts": 2, "optim.micro_batch_size": 8, "eval.every": 0, "eval.samples_per_prompt": 1,
-    "eval.max_new_tokens": 8, "model.num_threads": int(os.environ["STEER_TEST_TORCH_THREADS"]),
+    "steps": 2,
+    "checkpoint_every": 1,
+    "data.heldout_size": 16,
+    "data.train_size": 200,
+    "rollout.prompts_per_step": 4,
+    "rollout.samples_per_prompt": 4,
+    "rollout.max_new_tokens": 8,
+    "optim.mini_batch_prompts": 2,
+    "optim.micro_batch_size": 8,
+    "eval.every": 0,
+    "eval.samples_per_prompt": 1,
+    "eval.max_new_tokens": 8,
+    "model.num_threads": int(os.environ["STEER_TEST_TORCH_THREADS"]),
     "model.name_or_path": SMALL_POLICY,
-}  # fmt: skip
+}
 
 
 @pytest.mark.flow
@@ -420,8 +497,17 @@ def test_the_flow_end_to_end_and_a_rerun_reuses_the_source_run(prefect_harness, 
     from steer_cli.main import main
 
     out = tmp_path / "study"
-    argv = ["study", "estimator", "--output-dir", str(out), "--optimizers", "sgd:1e-3,adamw:1e-4", "--batches", "2",
-            *(f"--set={k}={v}" for k, v in SOURCE.items())]  # fmt: skip
+    argv = [
+        "study",
+        "estimator",
+        "--output-dir",
+        str(out),
+        "--optimizers",
+        "sgd:1e-3,adamw:1e-4",
+        "--batches",
+        "2",
+        *(f"--set={k}={v}" for k, v in SOURCE.items()),
+    ]
     before = os.environ.get("MLFLOW_TRACKING_URI")
     assert main(argv) == 0
     assert os.environ.get("MLFLOW_TRACKING_URI") == before
@@ -445,9 +531,16 @@ def test_the_flow_end_to_end_and_a_rerun_reuses_the_source_run(prefect_harness, 
     assert run.info.status == "FINISHED" and run.data.params["optimizers"] == "sgd:0.001,adamw:0.0001"
     assert run.data.params["batches"] == "2" and run.data.params["source_dir"] == str(out / "run")
     artifacts = {f.path for d in ("tables", "scatter", "tokens") for f in client.list_artifacts(run_id, d)}
-    assert {"tables/estimator_table.csv", "tables/estimator_table.md", "tables/estimator_summary.csv",
-            "tables/estimator_summary.md", "tables/cells.csv", "scatter/sgd_0.001.png", "scatter/adamw_0.0001.png",
-            "tokens/tokens.parquet"} <= artifacts  # fmt: skip
+    assert {
+        "tables/estimator_table.csv",
+        "tables/estimator_table.md",
+        "tables/estimator_summary.csv",
+        "tables/estimator_summary.md",
+        "tables/cells.csv",
+        "scatter/sgd_0.001.png",
+        "scatter/adamw_0.0001.png",
+        "tokens/tokens.parquet",
+    } <= artifacts
     history = client.get_metric_history(run_id, "estimator/sgd_0.001/first_order/spearman")
     assert sorted(m.step for m in history) == [0, 1, 2]
     rows = table[(table.checkpoint_step == 2) & (table.lr == 1e-3) & (table.estimator == "first_order")]
@@ -475,8 +568,16 @@ def test_the_flow_end_to_end_and_a_rerun_reuses_the_source_run(prefect_harness, 
     assert Path(result["scatter"][0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a one-batch study of the same source run, in another folder: its batch is batch 0 of the two-batch study
-    one = estimator_study(config.model_copy(update={"output_dir": str(tmp_path / "one"), "source_dir": str(out / "run"),
-                                                   "batches": 1, "stages": ["end"]}))  # fmt: skip
+    one = estimator_study(
+        config.model_copy(
+            update={
+                "output_dir": str(tmp_path / "one"),
+                "source_dir": str(out / "run"),
+                "batches": 1,
+                "stages": ["end"],
+            }
+        )
+    )
     assert one["source_run_id"] == source_id and ckpt.stat().st_mtime_ns == stamp
     batch0 = tokens[(tokens.stage == "end") & (tokens.batch == 0)].reset_index(drop=True)
     pd.testing.assert_frame_equal(pd.read_parquet(one["tokens"]), batch0)

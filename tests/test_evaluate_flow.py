@@ -14,9 +14,13 @@ pytestmark = pytest.mark.flow
 def test_evaluation_flow_writes_generations_and_metrics(prefect_harness, small_policy, tmp_path):
     out = tmp_path / "eval"
     results = evaluate(
-        model=small_policy, benchmarks=["reasoning_gym_heldout", "champ"], k=2, limit=6, max_new_tokens=10,
+        model=small_policy,
+        benchmarks=["reasoning_gym_heldout", "champ"],
+        k=2,
+        limit=6,
+        max_new_tokens=10,
         output_dir=str(out),
-    )  # fmt: skip
+    )
     rg = results["reasoning_gym_heldout"]
     assert rg["eval/reasoning_gym_heldout/num_problems"] == 6
     assert 0.0 <= rg["eval/reasoning_gym_heldout/pass_at_1"] <= rg["eval/reasoning_gym_heldout/maj_at_2"] + 1
@@ -40,8 +44,15 @@ def test_unknown_benchmark_fails_before_loading_anything(prefect_harness, tmp_pa
 def test_a_failed_evaluation_ends_failed_in_mlflow_and_in_prefect(prefect_harness, tmp_path):
     out = tmp_path / "eval"
     # a template over a field the benchmark does not have fails inside the evaluation, after the MLflow run started
-    state = evaluate(model="tiny", benchmarks=["reasoning_gym_heldout"], limit=2, max_new_tokens=4,
-                     template="{no_such_field}", output_dir=str(out), return_state=True)  # fmt: skip
+    state = evaluate(
+        model="tiny",
+        benchmarks=["reasoning_gym_heldout"],
+        limit=2,
+        max_new_tokens=4,
+        template="{no_such_field}",
+        output_dir=str(out),
+        return_state=True,
+    )
     assert state.is_failed()
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     run_id = (out / "mlflow_run_id").read_text().strip()

@@ -19,9 +19,16 @@ from steer.models.tiny import TinyPolicySpec, build_char_tokenizer, ensure_tiny_
 pytestmark = pytest.mark.unit
 
 SMALL = TinyPolicySpec(
-    hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
-    sft_examples=64, sft_steps=2, sft_batch_size=8, eval_problems=4,
-)  # fmt: skip
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    intermediate_size=64,
+    sft_examples=64,
+    sft_steps=2,
+    sft_batch_size=8,
+    eval_problems=4,
+)
 
 
 @pytest.fixture(scope="module")

@@ -87,12 +87,25 @@ def test_weight_histogram_from_parquet(tmp_path):
     weights = torch.tensor([[0.7, 1.0, 1.0], [0.71, 0.99, 1.0]])
     zeros = torch.zeros(2, 3)
     table = rollout_table(
-        run_id="r", step=0, prompt_ids=["p"], prompts=["1+1"], answers=["2"], group_index=torch.tensor([0, 0]),
-        sample_index=torch.tensor([0, 1]), responses=["2", "3"], response_ids=torch.ones(2, 3, dtype=torch.long),
-        response_mask=mask, truncated=torch.tensor([False, False]), rewards=torch.tensor([1.0, -1.0]),
-        correct=torch.tensor([True, False]), old_logp=zeros, entropy=zeros, advantage=zeros, omega=zeros,
+        run_id="r",
+        step=0,
+        prompt_ids=["p"],
+        prompts=["1+1"],
+        answers=["2"],
+        group_index=torch.tensor([0, 0]),
+        sample_index=torch.tensor([0, 1]),
+        responses=["2", "3"],
+        response_ids=torch.ones(2, 3, dtype=torch.long),
+        response_mask=mask,
+        truncated=torch.tensor([False, False]),
+        rewards=torch.tensor([1.0, -1.0]),
+        correct=torch.tensor([True, False]),
+        old_logp=zeros,
+        entropy=zeros,
+        advantage=zeros,
+        omega=zeros,
         steer_weight=weights,
-    )  # fmt: skip
+    )
     write_step(tmp_path, 0, table)
     hist = weight_histogram(tmp_path, bins=10)
     assert hist["count"].sum() == 5  # the padding's weight is not stored
@@ -123,8 +136,13 @@ def make_ablation_store(root: Path, metrics: pd.DataFrame, rollouts: Path | None
     arms = list(dict.fromkeys(metrics.arm))
     parent = MlflowTracker(root, experiment="abl", run_name="parent", tags={ARMS_TAG: ",".join(arms)})
     for (arm, seed), run in metrics.groupby(["arm", "seed"], sort=False):
-        child = MlflowTracker(root / arm / f"seed-{seed}", experiment="abl", tracking_uri=parent.tracking_uri,
-                              parent_run_id=parent.run_id, tags={"steer.arm": arm, "steer.seed": seed})  # fmt: skip
+        child = MlflowTracker(
+            root / arm / f"seed-{seed}",
+            experiment="abl",
+            tracking_uri=parent.tracking_uri,
+            parent_run_id=parent.run_id,
+            tags={"steer.arm": arm, "steer.seed": seed},
+        )
         for step, rows in run.groupby("step"):
             child.log_metrics(dict(zip(rows.key, rows.value)), step=int(step))
         if rollouts is not None:
@@ -139,12 +157,25 @@ def ablation_store(tmp_path_factory):
     rollouts = root / "rollouts"
     mask = torch.ones(2, 2)
     table = rollout_table(
-        run_id="r", step=0, prompt_ids=["p"], prompts=["1+1"], answers=["2"], group_index=torch.tensor([0, 0]),
-        sample_index=torch.tensor([0, 1]), responses=["2", "3"], response_ids=torch.ones(2, 2, dtype=torch.long),
-        response_mask=mask, truncated=torch.tensor([False, False]), rewards=torch.tensor([1.0, -1.0]),
-        correct=torch.tensor([True, False]), old_logp=mask * 0, entropy=mask * 0, advantage=mask * 0,
-        omega=mask * 0, steer_weight=torch.tensor([[0.7, 1.0], [0.85, 1.0]]),
-    )  # fmt: skip
+        run_id="r",
+        step=0,
+        prompt_ids=["p"],
+        prompts=["1+1"],
+        answers=["2"],
+        group_index=torch.tensor([0, 0]),
+        sample_index=torch.tensor([0, 1]),
+        responses=["2", "3"],
+        response_ids=torch.ones(2, 2, dtype=torch.long),
+        response_mask=mask,
+        truncated=torch.tensor([False, False]),
+        rewards=torch.tensor([1.0, -1.0]),
+        correct=torch.tensor([True, False]),
+        old_logp=mask * 0,
+        entropy=mask * 0,
+        advantage=mask * 0,
+        omega=mask * 0,
+        steer_weight=torch.tensor([[0.7, 1.0], [0.85, 1.0]]),
+    )
     write_step(rollouts, 0, table)
     uri, parent = make_ablation_store(root, synthetic_metrics(), rollouts)
     return uri, parent

@@ -168,8 +168,9 @@ def test_truncated_when_max_new_tokens_is_hit(engine, policy):
     batch = _generate(engine, max_new_tokens=3)
     eos = policy[1].eos_token_id
     assert batch.response_ids.shape[1] == 3 and batch.truncated.any()
-    assert batch.truncated.tolist() == [eos not in r[: int(k)] for r, k in zip(batch.response_ids.tolist(),
-                                                                            batch.response_lengths)]  # fmt: skip
+    assert batch.truncated.tolist() == [
+        eos not in r[: int(k)] for r, k in zip(batch.response_ids.tolist(), batch.response_lengths)
+    ]
 
 
 @pytest.mark.slow

@@ -24,8 +24,10 @@ def _scored(path):
 @pytest.mark.parametrize(("completion", "expected"), [("canonical", 164), ("bare", 0)])
 def test_humaneval_canonical_solutions_pass_and_bare_prompts_fail(tmp_path, capsys, completion: str, expected: int):
     problems = read_problems().values()
-    rows = [{"task_id": p["task_id"], "completion": p["canonical_solution"] if completion == "canonical" else ""}
-            for p in problems]  # fmt: skip
+    rows = [
+        {"task_id": p["task_id"], "completion": p["canonical_solution"] if completion == "canonical" else ""}
+        for p in problems
+    ]
     path = _write(tmp_path / "samples.jsonl", rows)
     assert main(["score", "--benchmark", "humaneval", "--completions", str(path)]) == 0
     scored = _scored(tmp_path / "samples.scored.jsonl")

@@ -32,8 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 SCRIPT = ROOT / "scripts" / "service.sh"
 DEPLOYMENTS = ROOT / "deployments" / "prefect.yaml"
-DEPLOYMENT_NAMES = {"train", "evaluate", "ablation", "lambda-min-nightly", "estimator-study", "study-collapse",
-                    "study-sensitivity"}  # fmt: skip
+DEPLOYMENT_NAMES = {
+    "train",
+    "evaluate",
+    "ablation",
+    "lambda-min-nightly",
+    "estimator-study",
+    "study-collapse",
+    "study-sensitivity",
+}
 
 
 def free_port() -> int:
@@ -77,8 +84,20 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-http")
     uri, parent = make_ablation_store(root / "store", synthetic_metrics())
     port = free_port()
-    cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--artifacts-destination", str(root / "served")]  # fmt: skip
+    cmd = [
+        str(VENV_BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--artifacts-destination",
+        str(root / "served"),
+    ]
     log = open(root / "mlflow.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
     try:
@@ -123,8 +142,11 @@ def test_deployments_yaml_is_typed_and_the_train_form_starts_from_the_tiny_prese
     by_name = {d["name"]: d for d in spec["deployments"]}
     assert set(by_name) == DEPLOYMENT_NAMES
     assert {d["entrypoint"] for d in by_name.values()} == {
-        "flows/train.py:train_preset", "flows/evaluate.py:evaluate", "flows/ablate.py:ablate",
-        "flows/estimator_study.py:estimator_study"}  # fmt: skip
+        "flows/train.py:train_preset",
+        "flows/evaluate.py:evaluate",
+        "flows/ablate.py:ablate",
+        "flows/estimator_study.py:estimator_study",
+    }
     form = by_name["train"]["parameters"]  # names the preset and the algorithm, copies none of their fields
     assert form == {"preset": "tiny", "algorithm": "steer", "overrides": {"output_dir": "runs/ui-train"}}
     assert load_config(form["preset"], form["overrides"], algorithm=form["algorithm"]).algorithm.name == "steer"
@@ -156,8 +178,12 @@ def test_the_run_parameters_in_docs_service_md_are_valid():
     params = [json.loads(p) for p in re.findall(r"--params '(\{.*?\})'", text)]
     assert len(params) == 2
     assert load_config(params[0]["preset"], params[0]["overrides"], algorithm=params[0]["algorithm"]).steps == 10
-    assert [j.arm for j in AblationConfig(**params[1]["config"]).jobs(Path("x"))] == ["grpo", "grpo", "steer_0.7",
-                                                                                  "steer_0.7"]  # fmt: skip
+    assert [j.arm for j in AblationConfig(**params[1]["config"]).jobs(Path("x"))] == [
+        "grpo",
+        "grpo",
+        "steer_0.7",
+        "steer_0.7",
+    ]
 
 
 @pytest.fixture(scope="module")

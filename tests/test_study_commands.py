@@ -20,9 +20,24 @@ def _args(argv: list[str]) -> argparse.Namespace:
 def test_flags_become_the_studys_ablation_config(tmp_path):
     from steer_cli.commands.study_ablation import build_config
 
-    cfg = build_config("sensitivity", _args(["sensitivity", "--arms", "steer_1.0,steer_0.7_running", "--seeds", "3",
-                                             "--steps", "7", "--set", "optim.lr=2e-4",
-                                             "--output-dir", str(tmp_path)]))  # fmt: skip
+    cfg = build_config(
+        "sensitivity",
+        _args(
+            [
+                "sensitivity",
+                "--arms",
+                "steer_1.0,steer_0.7_running",
+                "--seeds",
+                "3",
+                "--steps",
+                "7",
+                "--set",
+                "optim.lr=2e-4",
+                "--output-dir",
+                str(tmp_path),
+            ]
+        ),
+    )
     assert [a.name for a in cfg.arms] == ["steer_1.0", "steer_0.7_running"] and cfg.seeds == [3]
     jobs = cfg.jobs()
     assert {j.config.steps for j in jobs} == {7} and {j.config.optim.lr for j in jobs} == {2e-4}
@@ -53,7 +68,9 @@ def test_building_the_parser_imports_no_torch_prefect_or_mlflow():
     import subprocess
     import sys
 
-    code = ("import sys; from steer_cli.main import build_parser; build_parser(); "
-            "print(sorted(m for m in ('torch', 'prefect', 'mlflow') if m in sys.modules))")  # fmt: skip
+    code = (
+        "import sys; from steer_cli.main import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'prefect', 'mlflow') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

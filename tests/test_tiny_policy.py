@@ -24,9 +24,16 @@ from steer.models.tiny import (  # noqa: E402
 pytestmark = pytest.mark.unit
 
 SMALL = TinyPolicySpec(
-    hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
-    sft_examples=64, sft_steps=3, sft_batch_size=8, eval_problems=8,
-)  # fmt: skip
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    intermediate_size=64,
+    sft_examples=64,
+    sft_steps=3,
+    sft_batch_size=8,
+    eval_problems=8,
+)
 
 
 def test_tokenizer_round_trips_through_auto_tokenizer(tmp_path):
@@ -57,8 +64,10 @@ def test_boxed_answer():
 
 def test_demonstrations_mask_the_response_and_eos():
     tok = build_char_tokenizer(SMALL.alphabet, SMALL.words)
-    problems = [{"id": "a", "prompt": "Calculate 1 + 2.", "answer": "3", "task": "t"},
-                {"id": "b", "prompt": "Calculate 10 - 10 + 0.", "answer": "0", "task": "t"}]  # fmt: skip
+    problems = [
+        {"id": "a", "prompt": "Calculate 1 + 2.", "answer": "3", "task": "t"},
+        {"id": "b", "prompt": "Calculate 10 - 10 + 0.", "answer": "0", "task": "t"},
+    ]
     ids, mask = encode_demonstrations(tok, problems)  # (2, S)
     assert ids.shape == mask.shape
     first = ids[0][mask[0] == 1].tolist()

@@ -69,8 +69,14 @@ def test_rollouts_are_in_parquet_with_the_documented_schema(finished_run):
 
 def test_mlflow_has_params_and_namespaced_metrics_per_step(finished_run):
     out, summary = finished_run
-    for key in ("reward/mean", "rollout/entropy", "actor/clipfrac", "steer/weight_mean", "timing/update",
-                "steer/quadrant/pos_high/share"):  # fmt: skip
+    for key in (
+        "reward/mean",
+        "rollout/entropy",
+        "actor/clipfrac",
+        "steer/weight_mean",
+        "timing/update",
+        "steer/quadrant/pos_high/share",
+    ):
         assert sorted(metric_history(out, key)) == [0, 1, 2], key
     assert sorted(metric_history(out, "eval/accuracy")) == [0, 2, 3]
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
@@ -124,12 +130,33 @@ def test_after_a_resume_the_summary_reads_the_first_step_from_the_run_history(fi
 
 
 def _cli(out: Path, steps: int, env: dict) -> list[str]:
-    sets = ["checkpoint_every=1", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
-            "rollout.max_new_tokens=8", "optim.mini_batch_prompts=2", "optim.micro_batch_size=8", "optim.lr=1e-4",
-            "eval.every=2", "eval.max_new_tokens=8", "data.heldout_size=16", "data.train_size=200",
-            f"model.name_or_path={SMALL_POLICY}", f"model.num_threads={SMALL['model']['num_threads']}"]  # fmt: skip
-    cmd = [sys.executable, "-m", "steer_cli.main", "train", "--preset", "tiny", "--steps", str(steps), "--output-dir",
-           str(out)]  # fmt: skip
+    sets = [
+        "checkpoint_every=1",
+        "rollout.prompts_per_step=4",
+        "rollout.samples_per_prompt=4",
+        "rollout.max_new_tokens=8",
+        "optim.mini_batch_prompts=2",
+        "optim.micro_batch_size=8",
+        "optim.lr=1e-4",
+        "eval.every=2",
+        "eval.max_new_tokens=8",
+        "data.heldout_size=16",
+        "data.train_size=200",
+        f"model.name_or_path={SMALL_POLICY}",
+        f"model.num_threads={SMALL['model']['num_threads']}",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "steer_cli.main",
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        str(steps),
+        "--output-dir",
+        str(out),
+    ]
     for s in sets:
         cmd += ["--set", s]
     return cmd
@@ -141,8 +168,9 @@ def test_resume_after_a_kill_matches_an_unbroken_run(finished_run, tmp_path):
     out, _ = finished_run
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or ""}
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(run, 3, env), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _cli(run, 3, env), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     deadline = time.time() + 300
     while latest_checkpoint(run / "checkpoints") is None and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -164,8 +192,16 @@ def test_resume_after_a_kill_matches_an_unbroken_run(finished_run, tmp_path):
 def test_smollm2_preset_trains_on_cpu(prefect_harness, tmp_path):
     """The real-model path: SmolLM2-135M-Instruct from its packaged GGUF, one step with a small batch."""
     out = tmp_path / "smol"
-    cfg = load_config("smollm2", {"steps": 1, "output_dir": str(out), "data": {"heldout_size": 4},
-                                  "rollout": {"max_new_tokens": 32}, "eval": {"max_new_tokens": 32}})  # fmt: skip
+    cfg = load_config(
+        "smollm2",
+        {
+            "steps": 1,
+            "output_dir": str(out),
+            "data": {"heldout_size": 4},
+            "rollout": {"max_new_tokens": 32},
+            "eval": {"max_new_tokens": 32},
+        },
+    )
     summary = train(cfg)
     assert read_rollouts(out / "rollouts").num_rows == 16
     assert summary["heldout_accuracy_before"] is not None

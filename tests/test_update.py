@@ -19,15 +19,24 @@ VOCAB = 40
 
 def tiny_model(seed: int = 0) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    cfg = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return Qwen2ForCausalLM(cfg).float()
 
 
 def tiny_batch(n_prompts=3, g=4, t=6, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(3, VOCAB, (int(k),), generator=gen).tolist() for k in torch.randint(2, 5, (n_prompts,),
-               generator=gen)]  # fmt: skip
+    prompts = [
+        torch.randint(3, VOCAB, (int(k),), generator=gen).tolist()
+        for k in torch.randint(2, 5, (n_prompts,), generator=gen)
+    ]
     group = torch.arange(n_prompts).repeat_interleave(g)  # (N,)
     resp = torch.randint(3, VOCAB, (n_prompts * g, t), generator=gen)  # (N, T)
     lengths = torch.randint(1, t + 1, (n_prompts * g,), generator=gen)
@@ -69,9 +78,16 @@ def _grads(model, batch, cfg, micro, steer_max_abs=None):
     for idx in torch.arange(len(batch)).split(micro):
         m = batch.select(idx)
         logp, ent = forward_logprobs(model, m)
-        loss, _, _ = build_objective(cfg)(logp=logp, old_logp=m.old_logp, entropy=ent, old_entropy=m.old_entropy,
-                                      advantages=m.advantages, mask=m.response_mask, steer_max_abs=steer_max_abs,
-                                      **counts)  # fmt: skip
+        loss, _, _ = build_objective(cfg)(
+            logp=logp,
+            old_logp=m.old_logp,
+            entropy=ent,
+            old_entropy=m.old_entropy,
+            advantages=m.advantages,
+            mask=m.response_mask,
+            steer_max_abs=steer_max_abs,
+            **counts,
+        )
         loss.backward()
     return [p.grad.clone() for p in model.parameters()]
 
@@ -133,8 +149,15 @@ def test_every_algorithm_and_normaliser_runs_an_update(name, scope):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     before = [p.detach().clone() for p in model.parameters()]
     cfg = get_algorithm(name, token_weighting={"normaliser": scope}) if name == "steer" else get_algorithm(name)
-    res = policy_update(model, opt, b, build_objective(cfg), mini_batch_size=6, micro_batch_size=3,
-                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    res = policy_update(
+        model,
+        opt,
+        b,
+        build_objective(cfg),
+        mini_batch_size=6,
+        micro_batch_size=3,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert res.metrics["actor/optimizer_steps"] == 2
     assert all(torch.isfinite(torch.tensor(v)) for v in res.metrics.values())
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
@@ -148,8 +171,15 @@ def test_update_is_reproducible_under_a_seed():
         model = tiny_model()
         b = scored(model, tiny_batch())
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        policy_update(model, opt, b, build_objective(get_algorithm("clip_cov")), mini_batch_size=6, micro_batch_size=3,
-                      generator=torch.Generator().manual_seed(7))  # fmt: skip
+        policy_update(
+            model,
+            opt,
+            b,
+            build_objective(get_algorithm("clip_cov")),
+            mini_batch_size=6,
+            micro_batch_size=3,
+            generator=torch.Generator().manual_seed(7),
+        )
         outs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(outs[0], outs[1])
 
@@ -161,5 +191,11 @@ def test_bad_settings_name_the_field_and_the_choices():
         get_algorithm("clipcov")
     with pytest.raises(ValueError, match="micro_batch_size=4 must divide mini_batch_size=6"):
         model = tiny_model()
-        policy_update(model, torch.optim.SGD(model.parameters(), lr=0.1), scored(model, tiny_batch()),
-                      build_objective(AlgorithmConfig()), mini_batch_size=6, micro_batch_size=4)  # fmt: skip
+        policy_update(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            scored(model, tiny_batch()),
+            build_objective(AlgorithmConfig()),
+            mini_batch_size=6,
+            micro_batch_size=4,
+        )
