@@ -3,8 +3,8 @@
 Runs the real command line in-process (``steer train --preset tiny --steps 5 --algorithm A --output-dir D``), then
 hashes
 
-- ``metrics``: every MLflow metric of the run except ``timing/*`` and ``perf/*`` (wall-clock), key by key in sorted
-  order, each point as ``key step value`` with the value's exact float (``float.hex``);
+- ``metrics``: every MLflow metric of the run except ``timing/*`` and ``perf/*`` (wall-clock), one hash per key over
+  its history, each point as ``step value`` with the value's exact float (``float.hex``);
 - ``weights``: the last checkpoint's safetensors tensors in sorted name order (name, dtype, shape, raw bytes).
 
     python scripts/golden_hashes.py                    # the tiny preset as is (B=32, G=8): minutes per algorithm
@@ -55,17 +55,20 @@ def _main_of_cli():
     return main
 
 
-def metrics_hash(out: Path) -> str:
+def metrics_hashes(out: Path) -> dict[str, str]:
+    """One hash per metric key (so a metric added later leaves the others comparable), over its whole history."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     run_id = (out / "mlflow_run_id").read_text().strip()
     keys = sorted(k for k in client.get_run(run_id).data.metrics if not k.startswith(WALL_CLOCK))
-    h = hashlib.sha256()
+    hashes = {}
     for key in keys:
+        h = hashlib.sha256()
         for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step):
-            h.update(f"{key} {m.step} {float(m.value).hex()}\n".encode())
-    return h.hexdigest()
+            h.update(f"{m.step} {float(m.value).hex()}\n".encode())
+        hashes[key] = h.hexdigest()
+    return hashes
 
 
 def weights_hash(out: Path) -> str:
@@ -117,7 +120,7 @@ def run_hashes(
     rc = _main_of_cli()(argv)
     if rc:
         raise SystemExit(f"steer train {' '.join(argv)} exited {rc}")
-    return {"metrics": metrics_hash(out), "weights": weights_hash(out)}
+    return {"metrics": metrics_hashes(out), "weights": weights_hash(out)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,14 +110,18 @@ def policy_update(
                     sums[k] += v.detach() if isinstance(v, Tensor) else v
                 n_micro += 1
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            sums["actor/grad_norm"] += grad_norm.detach()
-            sums["_steps"] += 1
-            optimizer.step()
+            if torch.isfinite(grad_norm):  # one host sync per optimizer step
+                sums["actor/grad_norm"] += grad_norm.detach()
+                sums["_steps"] += 1
+                optimizer.step()
+            else:  # a NaN/inf anywhere in the mini-batch: the step is skipped, never applied, and counted
+                sums["_skipped"] += 1
             optimizer.zero_grad(set_to_none=True)
 
-    steps = sums.pop("_steps")
+    steps, skipped = sums.pop("_steps", 0), sums.pop("_skipped", 0)
     out = {k: float(v) / n_micro for k, v in sums.items() if k != "actor/grad_norm"}
-    out["actor/grad_norm"] = float(sums["actor/grad_norm"]) / steps
+    out["actor/grad_norm"] = float(sums["actor/grad_norm"]) / steps if steps else float("nan")
     out["actor/optimizer_steps"] = steps
+    out["actor/skipped_steps"] = skipped
     out["actor/lr"] = optimizer.param_groups[0]["lr"]
     return UpdateResult(out, omega_all, weights_all, adv_all)

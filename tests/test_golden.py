@@ -46,4 +46,7 @@ def test_seeded_training_gives_the_recorded_metrics_and_weights(
 ):
     assert EXPECTED["small"] and EXPECTED["steps"] == 5
     got = golden.run_hashes(algorithm, tmp_path, small=True, model=small_policy, threads=THREADS)
-    assert got == EXPECTED["hashes"][algorithm]
+    expected = EXPECTED["hashes"][algorithm]
+    assert got["weights"] == expected["weights"]
+    changed = sorted(k for k in expected["metrics"] if got["metrics"].get(k) != expected["metrics"][k])
+    assert not changed, f"metrics that differ from the recorded run: {changed}"  # metrics added since are not compared

@@ -199,3 +199,43 @@ def test_bad_settings_name_the_field_and_the_choices():
             mini_batch_size=6,
             micro_batch_size=4,
         )
+
+
+def _nan_in_row(batch, row):
+    adv = batch.advantages.clone()
+    adv[row] = float("nan")  # one micro-batch's loss, so its mini-batch's gradient, turns NaN
+    batch.advantages = adv
+    return batch
+
+
+def test_a_non_finite_gradient_skips_the_optimizer_step_and_leaves_the_weights_unchanged():
+    model = tiny_model()
+    b = _nan_in_row(scored(model, tiny_batch()), row=4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in model.parameters()]
+    res = policy_update(
+        model, opt, b, build_objective(get_algorithm("grpo")), mini_batch_size=12, micro_batch_size=3, shuffle=False
+    )
+    assert res.metrics["actor/skipped_steps"] == 1 and res.metrics["actor/optimizer_steps"] == 0
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    assert not opt.state and all(p.grad is None for p in model.parameters())  # nothing applied, nothing left over
+
+
+def test_only_the_poisoned_mini_batch_is_skipped():
+    """Two mini-batches, a NaN in the first: the update equals a clean update on the second alone."""
+    objective = build_objective(get_algorithm("grpo"))
+    results = []
+    for poisoned in (True, False):
+        model = tiny_model()
+        b = scored(model, tiny_batch())
+        if poisoned:
+            b = _nan_in_row(b, row=1)
+        else:
+            b = b.select(torch.arange(6, 12))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        res = policy_update(model, opt, b, objective, mini_batch_size=6, micro_batch_size=3, shuffle=False)
+        results.append((res.metrics, [p.detach().clone() for p in model.parameters()]))
+    (bad, bad_w), (clean, clean_w) = results
+    assert bad["actor/skipped_steps"] == 1 and bad["actor/optimizer_steps"] == 1 == clean["actor/optimizer_steps"]
+    assert bad["actor/grad_norm"] == clean["actor/grad_norm"]  # the mean over applied steps only
+    assert all(torch.equal(a, c) for a, c in zip(bad_w, clean_w, strict=True))
