@@ -117,6 +117,40 @@ def test_a_transient_scoring_fault_is_retried_and_changes_nothing(finished_run, 
         assert metric_history(flaky, key) == {s: v for s, v in metric_history(out, key).items() if s < 2}, key
 
 
+class OutageMathScorer(MathScorer):
+    """A real math scorer that fails on every call from its ``fail_from``-th on while ``outage`` holds: a fault that
+    outlasts the scoring task's retries."""
+
+    outage, fail_from, calls = True, 2, 0
+
+    def score(self, responses, answers):
+        OutageMathScorer.calls += 1
+        if OutageMathScorer.outage and OutageMathScorer.calls >= OutageMathScorer.fail_from:
+            raise ConnectionError("injected outage")
+        return super().score(responses, answers)
+
+
+def test_exhausted_retries_end_failed_in_prefect_and_mlflow_and_the_resume_continues_the_run(finished_run, tmp_path):
+    if "outage_math" not in VERIFIERS:
+        VERIFIERS.register("outage_math")(OutageMathScorer)
+    out, _ = finished_run
+    run = tmp_path / "outage"
+    state = train(small_config(run, verifier="outage_math"), return_state=True)
+    assert state.is_failed() and "injected outage" in str(state.result(raise_on_failure=False))
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    run_id = (run / "mlflow_run_id").read_text().strip()
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert finished_steps(run / "rollouts") != [0, 1, 2]
+
+    OutageMathScorer.outage = False  # the outage is over: rerun into the same folder
+    summary = train(small_config(run, verifier="outage_math"))
+    assert summary["mlflow_run_id"] == run_id and client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1  # no second run
+    assert finished_steps(run / "rollouts") == [0, 1, 2]
+    for key in ("reward/mean", "actor/pg_loss", "eval/accuracy"):
+        assert metric_history(run, key) == metric_history(out, key), key  # as if it had never failed
+
+
 def test_after_a_resume_the_summary_reads_the_first_step_from_the_run_history(finished_run, tmp_path):
     out, summary = finished_run
     resumed = tmp_path / "resumed"
