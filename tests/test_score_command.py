@@ -33,6 +33,7 @@ def test_humaneval_canonical_solutions_pass_and_bare_prompts_fail(tmp_path, caps
     scored = _scored(tmp_path / "samples.scored.jsonl")
     assert len(scored) == 164 and sum(r["passed"] for r in scored) == expected
     assert scored[0]["task_id"] == "HumanEval/0" and "status" in scored[0]
+    assert not any(r["fallback"] for r in scored)  # every verdict from the trusted side, none from the candidate's
     assert f"avg_at_1           {expected / 164:.4f}" in capsys.readouterr().out
 
 

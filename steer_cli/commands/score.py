@@ -13,6 +13,7 @@ line per sample with its verdict next to the input: ``FILE.jsonl`` -> ``FILE.sco
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections import defaultdict
@@ -27,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pass-k", default="1,5,10,32", help="comma-separated k for pass@k (those <= n are shown)")
     parser.add_argument("--workers", type=int, default=None, help="verifier processes / sandboxes (default: cores)")
     parser.add_argument("--output", type=Path, default=None, help="per-sample results (default FILE.scored.jsonl)")
+    parser.add_argument(
+        "--in-sandbox-fallback",
+        action="store_true",
+        help="judge a HumanEval-style check that cannot be rewritten into (input, expected) pairs inside the "
+        "candidate's own process (gameable; logged, and marked fallback=true per sample); default: refuse it",
+    )
 
 
 def _read_samples(path: Path) -> list[dict]:
@@ -44,8 +51,8 @@ def _read_samples(path: Path) -> list[dict]:
     return samples
 
 
-def _verdicts(spec, samples: list[dict], answers: list, workers: int | None) -> list[dict]:
-    """Per sample: {"passed": bool, plus "extracted" (math) or "status" (code)}."""
+def _verdicts(spec, samples: list[dict], answers: list, workers: int | None, fallback: bool) -> list[dict]:
+    """Per sample: {"passed": bool, plus "extracted" (math) or "status" and "fallback" (code)}."""
     texts = [s["_text"] for s in samples]
     if spec.verifier == "math":
         from steer.verifiers.math import MathScorer, extract_boxed
@@ -56,9 +63,10 @@ def _verdicts(spec, samples: list[dict], answers: list, workers: int | None) -> 
     from steer.verifiers.code import run_code_tests
     from steer.verifiers.pool import available_cpus
 
+    judge = functools.partial(run_code_tests, in_sandbox_fallback=fallback)
     with ThreadPoolExecutor(max_workers=workers or 2 * available_cpus()) as ex:
-        results = list(ex.map(run_code_tests, texts, answers))
-    return [{"passed": r.passed, "status": r.status} for r in results]
+        results = list(ex.map(judge, texts, answers))
+    return [{"passed": r.passed, "status": r.status, "fallback": r.fallback} for r in results]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +80,15 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"steer score: {len(unknown)} ids are not in {args.benchmark}, e.g. {unknown[:3]}", file=sys.stderr)
         return 2
-    verdicts = _verdicts(spec, samples, [problems[s["_id"]]["answer"] for s in samples], args.workers)
+    from steer.verifiers.humaneval_check import UnsupportedCheck
+
+    try:
+        verdicts = _verdicts(
+            spec, samples, [problems[s["_id"]]["answer"] for s in samples], args.workers, args.in_sandbox_fallback
+        )
+    except UnsupportedCheck as e:
+        print(f"steer score: {e}", file=sys.stderr)
+        return 2
 
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for s, v in zip(samples, verdicts):
