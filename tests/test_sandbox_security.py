@@ -67,7 +67,8 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
     ),
     # --- memory, stack, output, disk
     "memory_bomb": ("x = bytearray(8 << 30)", {"error"}),
-    "memory_growth": ("chunks = []\nwhile True:\n    chunks.append(bytearray(50 << 20))", {"error"}),
+    # MemoryError at the address-space limit, or SIGXCPU first when a loaded machine slows the allocation loop
+    "memory_growth": ("chunks = []\nwhile True:\n    chunks.append(bytearray(50 << 20))", {"error", "signal"}),
     "deep_recursion": ("import sys\nsys.setrecursionlimit(10**8)\ndef f(n):\n    return f(n + 1) + 1\nf(0)", KILLED),
     # stdout/stderr are files under RLIMIT_FSIZE; Python ignores SIGXFSZ, so the write fails with EFBIG instead
     "stdout_flood": ("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", {"error", "signal"}),
