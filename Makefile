@@ -30,7 +30,7 @@ demo: venv
 
 # Test tiers (tests/conftest.py): `make test` is unit + flow + service, deterministic. Two pytest-xdist workers, one
 # test file each at a time (module fixtures stay whole): most of the flow and service time is waiting on servers and
-# subprocesses, so two workers on 2 cores take ~6.5 min where one takes ~10.5 (measured from a fresh clone)
+# subprocesses, so two workers on 2 cores took 6.7 min where one took 10.5 (warm caches; 8.5 min in a fresh clone, cold)
 PYTEST_WORKERS ?= 2
 test: venv
 	$(PY) -m pytest -q --tier unit,flow,service -n $(PYTEST_WORKERS) --dist loadfile
