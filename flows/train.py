@@ -14,7 +14,7 @@ from typing import Any, Literal
 from prefect import flow
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from steer.algorithms import ALGORITHMS
+from steer.algorithms import AlgorithmName
 from steer.config import RunConfig, load_config, preset_names
 from steer.diagnostics import logp_mismatch, rollout_metrics
 from steer.rollout_store import remove_steps_after
@@ -27,7 +27,6 @@ from tasks.persist import checkpoint, log_metrics, write_rollouts
 from tasks.rl import generate_rollouts, score_rollouts, sync_weights, update_policy
 from tasks.tracking import MlflowTracker
 
-AlgorithmName = Literal[tuple(ALGORITHMS.names())]  # a drop-down in the Prefect UI
 PresetName = Literal[tuple(preset_names())]
 
 

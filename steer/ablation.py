@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from steer.algorithms import ALGORITHMS
+from steer.algorithms import ALGORITHMS, AlgorithmName
 from steer.config import ConfigError, RunConfig, load_config, merge, nest
 
 ARM_NAME = re.compile(r"[a-z0-9_.\-]+")
@@ -30,7 +30,9 @@ class ArmSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Label in plots, tables, folders and the MLflow tag steer.arm ([a-z0-9_.-]).")
-    algorithm: str = Field(description="Algorithm preset (steer.algorithms.ALGORITHMS): grpo, steer, clip_cov, ...")
+    algorithm: AlgorithmName = Field(
+        description="Algorithm preset (steer.algorithms.ALGORITHMS): grpo, steer, clip_cov, ..."
+    )
     overrides: dict[str, Any] = Field(
         default_factory=dict,
         description="Dotted run settings for this arm only, e.g. {'algorithm.token_weighting.lambda_min': 0.6}; they "
@@ -42,13 +44,6 @@ class ArmSpec(BaseModel):
     def _name(cls, v: str) -> str:
         if not ARM_NAME.fullmatch(v):
             raise ValueError(f"arm name {v!r} must match [a-z0-9_.-]+ (it becomes a folder and a tag), e.g. steer_0.6")
-        return v
-
-    @field_validator("algorithm")
-    @classmethod
-    def _algorithm(cls, v: str) -> str:
-        if v not in ALGORITHMS:
-            raise ValueError(f"algorithm {v!r} is not one of: {', '.join(ALGORITHMS.names())}")
         return v
 
 

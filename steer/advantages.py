@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import torch
 
+from steer import choices
 from steer.registry import Registry
 
 __all__ = ["ADVANTAGE_ESTIMATORS", "compute_advantages"]
 
-ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
+ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator", choices.ADVANTAGE_ESTIMATORS)
 
 
 def _groups(group_index: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import torch
 
+from steer import choices
 from steer.registry import Registry
 
 __all__ = ["AGGREGATIONS", "aggregate"]
@@ -36,7 +37,7 @@ __all__ = ["AGGREGATIONS", "aggregate"]
 Count = int | float | torch.Tensor
 AggregationFn = Callable[..., torch.Tensor]
 
-AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation")
+AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation", choices.AGGREGATIONS)
 
 
 def _masked(loss_mat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -19,23 +19,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from steer.advantages import ADVANTAGE_ESTIMATORS
-from steer.aggregation import AGGREGATIONS
-from steer.losses import KL_ESTIMATORS
-from steer.normalisers import NORMALISERS
+from steer.choices import (
+    AdvantageEstimatorName,
+    AggregationName,
+    KlEstimatorName,
+    NormaliserName,
+    OmegaFormName,
+    WeightMapName,
+)
 from steer.registry import Registry
-from steer.reweighting import OMEGA_FORMS, WEIGHT_MAPS
 
 
 class _Section(BaseModel):
     """A config section: unknown fields are errors; a component section's fields are its function's keywords."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _check(field: str, value: str, registry: Registry) -> None:
-    if value not in registry:
-        raise ValueError(f"{field}={value!r} is not one of: {', '.join(registry.names())}")
 
 
 # ------------------------------------------------------------------------------------------------- clip range
@@ -98,13 +96,13 @@ class SteerWeighting(_Section):
     lambda_min: float = Field(
         0.7, gt=0, le=1, description="Weight at the largest |Omega|. Paper 0.7, released script 0.8; 1 = off."
     )
-    form: str = Field(
+    form: OmegaFormName = Field(
         "first_order",
         description="Omega form: first_order (Theorem 1, with I_clip and H under the current policy) or released "
         "(-(A/p_old) p(1-p)(log p + H_old), heavy-tailed through 1/p_old).",
     )
-    map: str = Field("exp", description="Weight map: exp (the paper), linear ([0.8, 1.2]), asymmetric.")
-    normaliser: str = Field(
+    map: WeightMapName = Field("exp", description="Weight map: exp (the paper), linear ([0.8, 1.2]), asymmetric.")
+    normaliser: NormaliserName = Field(
         "micro",
         description="Scope of the normaliser M = max|Omega| (steer.normalisers): micro (the paper and released "
         "code, for which lambda_min was tuned; makes the micro-batch size a hyperparameter), mini (one optimizer "
@@ -115,13 +113,6 @@ class SteerWeighting(_Section):
     running_decay: float = Field(
         0.99, gt=0, le=1, description="Running normaliser: M <- max(M_micro, decay * M); 1 keeps the all-time max."
     )
-
-    @model_validator(mode="after")
-    def _names(self) -> SteerWeighting:
-        _check("form", self.form, OMEGA_FORMS)
-        _check("map", self.map, WEIGHT_MAPS)
-        _check("normaliser", self.normaliser, NORMALISERS)
-        return self
 
 
 class ForkTokenWeighting(_Section):
@@ -186,14 +177,14 @@ class AlgorithmConfig(_Section):
     ``steer train --help-config`` and the Prefect UI, which shows only the chosen variant's fields."""
 
     name: str = Field("steer", description="Preset this config started from (see ALGORITHMS); informational.")
-    advantage_estimator: str = Field(
+    advantage_estimator: AdvantageEstimatorName = Field(
         "grpo", description="Outcome advantage: grpo (group z-score), drgrpo, rloo, opo, w_reinforce."
     )
     clip: ClipRange = Field(default_factory=ClipRange, description="PPO clip range (losses and Omega's I_clip).")
     policy_loss: PolicyLoss = Field(
         default_factory=PpoClipLoss, description="Per-token loss: ppo_clip, clip_cov, kl_cov, reinforce."
     )
-    loss_agg_mode: str = Field(
+    loss_agg_mode: AggregationName = Field(
         "token-mean",
         description="token-mean (DAPO, the paper), seq-mean-token-mean (original GRPO; favours short answers), "
         "seq-mean-token-sum, seq-mean-token-sum-norm (Dr.GRPO).",
@@ -208,7 +199,7 @@ class AlgorithmConfig(_Section):
         0.0, ge=0, description="Entropy bonus beta (loss - beta * H). 1e-4..1e-3 barely acts; 0.01 explodes."
     )
     kl_coef: float = Field(0.0, ge=0, description="KL penalty to the reference policy; 0 (the paper) skips it.")
-    kl_estimator: str = Field("k3", description="KL estimator: k1, k2, k3 (Schulman's, non-negative).")
+    kl_estimator: KlEstimatorName = Field("k3", description="KL estimator: k1, k2, k3 (Schulman's, non-negative).")
 
     @model_validator(mode="before")
     @classmethod
@@ -217,13 +208,6 @@ class AlgorithmConfig(_Section):
         if isinstance(data, dict):
             data = {k: {"name": v} if k in SECTIONS and isinstance(v, str) else v for k, v in data.items()}
         return data
-
-    @model_validator(mode="after")
-    def _check_names(self) -> AlgorithmConfig:
-        _check("advantage_estimator", self.advantage_estimator, ADVANTAGE_ESTIMATORS)
-        _check("loss_agg_mode", self.loss_agg_mode, AGGREGATIONS)
-        _check("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
-        return self
 
 
 # ----------------------------------------------------------------------------------------------------- presets
@@ -246,6 +230,9 @@ _PRESETS: dict[str, dict] = {
 }
 for _name, _overrides in _PRESETS.items():
     ALGORITHMS.register(_name)(_overrides)
+
+AlgorithmName = Literal[tuple(ALGORITHMS.names())]
+"""An algorithm preset by name: a drop-down in the Prefect UI's forms."""
 
 
 def _as_section(value: Any) -> Any:

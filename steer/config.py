@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from steer.algorithms import ALGORITHMS, MOVED_FIELDS, SECTIONS, AlgorithmConfig, get_algorithm, merge_algorithm
+from steer.choices import RolloutBackendName, VerifierName
 
 
 class _Section(BaseModel):
@@ -68,7 +69,9 @@ class DataConfig(_Section):
 
 
 class RolloutConfig(_Section):
-    backend: str = Field("hf", description="'hf' (transformers, KV cache; CPU or GPU) or 'vllm' (GPU, own venv).")
+    backend: RolloutBackendName = Field(
+        "hf", description="'hf' (transformers, KV cache; CPU or GPU) or 'vllm' (GPU, own venv)."
+    )
     prompts_per_step: int = Field(8, gt=0, description="B: prompts per rollout (paper: 512).")
     samples_per_prompt: int = Field(8, gt=1, description="G: responses per prompt (paper: 8).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature; also divides the logits in the loss.")
@@ -97,7 +100,11 @@ class EvalConfig(_Section):
 
 
 class RunConfig(_Section):
-    preset: str = Field("tiny", description="Preset this config was loaded from; informational.")
+    preset: str = Field(
+        "tiny",
+        description="Informational: the preset load_config resolved this config from (it sets this field). Editing "
+        "it loads nothing: choose the preset with `steer train --preset` or the train deployment's preset drop-down.",
+    )
     seed: int = Field(0, description="Run seed; every sampler and shuffle derives its seed from (seed, step).")
     steps: int = Field(30, gt=0, description="RL steps (one rollout and its update each).")
     output_dir: str = Field("runs/tiny", description="Everything the run writes; rerun with it to resume.")
@@ -105,7 +112,7 @@ class RunConfig(_Section):
     checkpoint_every: int = Field(5, ge=0, description="Checkpoint every this many steps (0: only at the end).")
     keep_checkpoints: int = Field(2, gt=0, description="Checkpoints kept on disk (older ones are pruned).")
     reward_mode: Literal["pm1", "01"] = Field("pm1", description="pm1: +1/-1 as in the paper (DAPO); 01: 1/0.")
-    verifier: str = Field("math", description="Verifier by name (steer.verifiers.VERIFIERS).")
+    verifier: VerifierName = Field("math", description="Verifier by name (steer.verifiers.VERIFIERS).")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
@@ -115,10 +122,6 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _batch_arithmetic(self) -> RunConfig:
-        from steer.verifiers import VERIFIERS
-
-        if self.verifier not in VERIFIERS:
-            raise ValueError(f"verifier={self.verifier!r} is not one of: {', '.join(VERIFIERS.names())}")
         b, g = self.rollout.prompts_per_step, self.rollout.samples_per_prompt
         mini = self.optim.mini_batch_prompts
         if b % mini:
@@ -253,6 +256,8 @@ def explain(e: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = _unknown_field(loc)
+        elif err["type"] == "literal_error":
+            msg = f"{err['input']!r} is not one of: {err['ctx']['expected'].replace(' or ', ', ')}"
         elif err["type"] == "union_tag_invalid":
             msg += f"; choose one of: {', '.join(str(v.model_fields['name'].default) for v in SECTIONS[str(loc[-1])])}"
         lines.append(f"{field}: {msg}")

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 
+from steer import choices
 from steer.ops import masked_mean, token_advantages
 from steer.registry import Registry
 
@@ -44,7 +45,9 @@ __all__ = [
 
 LossOut = tuple[torch.Tensor, dict[str, torch.Tensor]]
 POLICY_LOSSES: Registry[Callable[..., LossOut]] = Registry("policy loss")
-KL_ESTIMATORS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("kl estimator")
+KL_ESTIMATORS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry(
+    "kl estimator", choices.KL_ESTIMATORS
+)
 
 LOG_RATIO_CLAMP = 20.0
 _COMMON_KEYWORDS = ("eps_low", "eps_high", "dual_clip_c", "generator")

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from steer import choices
 from steer.batch import PolicyBatch
 from steer.registry import Registry
 from steer.reweighting import omega_abs_max, update_running_max
@@ -34,7 +35,7 @@ from steer.reweighting import omega_abs_max, update_running_max
 OmegaFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 ScoreFn = Callable[[], tuple[Tensor, Tensor]]
 
-NORMALISERS: Registry[type[Normaliser]] = Registry("STEER normaliser")
+NORMALISERS: Registry[type[Normaliser]] = Registry("STEER normaliser", choices.NORMALISERS)
 
 
 class Normaliser:

@@ -16,8 +16,11 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps names to objects (usually functions). ``kind`` names the registry in error messages."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, choices: tuple[str, ...] | None = None):
+        """``choices``: the names a config may give (``steer.choices``); registering any other name is an error, so
+        a variant cannot exist without its config field accepting it."""
         self.kind = kind
+        self.choices = choices
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -26,6 +29,8 @@ class Registry(Generic[T]):
         def deco(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if self.choices is not None and name not in self.choices:
+                raise ValueError(f"{self.kind} {name!r} is not declared in steer.choices: add it there first")
             self._items[name] = obj
             return obj
 

@@ -24,11 +24,12 @@ import math
 import torch
 from torch import Tensor
 
+from steer import choices
 from steer.ops import token_advantages
 from steer.registry import Registry
 
-OMEGA_FORMS: Registry = Registry("entropy-change form")
-WEIGHT_MAPS: Registry = Registry("STEER weight map")
+OMEGA_FORMS: Registry = Registry("entropy-change form", choices.OMEGA_FORMS)
+WEIGHT_MAPS: Registry = Registry("STEER weight map", choices.WEIGHT_MAPS)
 
 LOG_RATIO_CLAMP = 20.0  # method.md: the log-ratio is clamped to [-20, 20] before exp
 P_OLD_FLOOR = 1e-6  # the released Omega form divides by p_old: clamped to at least this (docs/algorithms.md section 5)

@@ -456,7 +456,7 @@ def test_cli_rejects_bad_values_before_prefect_starts(capsys, tmp_path):
 
     base = ["study", "estimator", "--output-dir", str(tmp_path)]
     cases = {
-        ("--optimizers", "adam:1e-3"): "optimizers.0.name: optimizer 'adam' is not one of: adamw, sgd",
+        ("--optimizers", "adam:1e-3"): "optimizers.0.name: 'adam' is not one of: 'sgd', 'adamw'",
         ("--optimizers", "sgd"): "--optimizers 'sgd': write name:lr pairs",
         ("--stages", "start,begin"): "stages: Value error, stage 'begin' is not one of: start, middle, end",
         ("--stages", "7"): "stages: [7] are not checkpoint steps of the source run",

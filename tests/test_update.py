@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from steer.algorithms import ALGORITHMS, AlgorithmConfig, get_algorithm
+from steer.config import ConfigError, load_config
 from steer.batch import build_policy_batch
 from steer.objective import build_objective
 from steer.scoring import forward_logprobs, score_batch
@@ -185,8 +186,8 @@ def test_update_is_reproducible_under_a_seed():
 
 
 def test_bad_settings_name_the_field_and_the_choices():
-    with pytest.raises(ValueError, match="form='firstorder' is not one of: first_order, released"):
-        get_algorithm("steer", token_weighting={"form": "firstorder"})
+    with pytest.raises(ConfigError, match="algorithm.token_weighting.form: 'firstorder' is not one of: 'first_o"):
+        load_config("tiny", {"algorithm.token_weighting.form": "firstorder"}, algorithm="steer")
     with pytest.raises(ValueError, match="algorithm.name='clipcov' is not one of: .*clip_cov"):
         get_algorithm("clipcov")
     with pytest.raises(ValueError, match="micro_batch_size=4 must divide mini_batch_size=6"):

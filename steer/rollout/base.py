@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
+from steer import choices
 from steer.registry import Registry
 
 
@@ -90,7 +91,7 @@ class RolloutEngine(Protocol):
 RolloutFactory = Callable[..., RolloutEngine]
 """``factory(*, model, tokenizer, **options) -> RolloutEngine``; ``model`` is a loaded model or a path, per backend."""
 
-ROLLOUT_BACKENDS: Registry[RolloutFactory] = Registry("rollout backend")
+ROLLOUT_BACKENDS: Registry[RolloutFactory] = Registry("rollout backend", choices.ROLLOUT_BACKENDS)
 
 
 def register_lazy(name: str, target: str) -> None:

@@ -14,9 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from steer.choices import OptimizerName
 from steer.config import ConfigError, RunConfig, load_config, merge, nest
 from steer.runtime import derive_seed
-from steer.studies.estimator import OPTIMIZERS, cell_label
+from steer.studies.estimator import cell_label
 
 STAGE_NAMES = ("start", "middle", "end")
 """start: the initial policy (before any update); middle: the checkpoint nearest steps / 2; end: the last one."""
@@ -27,18 +28,11 @@ class OptimizerCell(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(
+    name: OptimizerName = Field(
         description="sgd (torch.optim.SGD, no momentum: the step is -lr * grad, Theorem 1's setting) or adamw "
         "(weight decay 0, fresh state: the first step is about -lr * sign(grad), what training takes)."
     )
     lr: float = Field(ge=0, description="Step size; no gradient clipping, so lr is the step. 0 is a control.")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in OPTIMIZERS:
-            raise ValueError(f"optimizer {v!r} is not one of: {', '.join(OPTIMIZERS.names())}")
-        return v
 
     @property
     def label(self) -> str:

@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from steer import choices
 from steer.algorithms import AlgorithmConfig, NoShaping, NoWeighting, PpoClipLoss
 from steer.batch import PolicyBatch
 from steer.comparison.summary import t_interval
@@ -49,7 +50,9 @@ from steer.studies.stats import fit_scale_mse, pearson, sign_agreement, spearman
 from steer.update import policy_update
 
 ENTROPY_CHANGE_ESTIMATORS: Registry = Registry("entropy-change estimator")
-OPTIMIZERS: Registry[Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer]] = Registry("optimizer")
+OPTIMIZERS: Registry[Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer]] = Registry(
+    "optimizer", choices.OPTIMIZERS
+)
 
 SUBSETS = ("all", *QUADRANTS, "all_with_zero_adv", "states")
 """Subsets of the table: ``all`` (valid tokens with A != 0), the four quadrants of method.md, every valid token
