@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from prefect.runtime import flow_run
 
 from steer.algorithms import AlgorithmName
 from steer.config import RunConfig, load_config, preset_names
@@ -23,14 +23,34 @@ from steer.tracking import closing_run
 from steer.verifiers import VERIFIERS
 from tasks.data import prepare_data, prepare_policy, read_problems
 from tasks.evaluate import evaluate_policy
-from tasks.persist import checkpoint, log_metrics, write_rollouts
+from tasks.persist import checkpoint, log_metrics, log_policy, write_rollouts
+from tasks.progress import RunProgress, flow_run_link, mlflow_run_url
 from tasks.rl import generate_rollouts, score_rollouts, sync_weights, update_policy
-from tasks.tracking import MlflowTracker
+from tasks.tracking import MlflowTracker, run_tags
 
 PresetName = Literal[tuple(preset_names())]
 
 
-@flow(name="steer-train-preset", log_prints=True, persist_result=False)
+def _short_id() -> str:
+    return str(flow_run.id or "")[:8]
+
+
+def _preset_run_name() -> str:
+    p = flow_run.parameters
+    return f"{p.get('preset', 'tiny')}-{p.get('algorithm', 'steer')}-{_short_id()}"
+
+
+def _run_name() -> str:
+    """``<algorithm>-s<seed>-<short flow-run id>`` in the Prefect UI (not a random adjective-animal)."""
+    config = flow_run.parameters.get("config")
+    if isinstance(config, dict):
+        config = RunConfig(**config)
+    if config is None:
+        return f"train-{_short_id()}"
+    return f"{config.algorithm.name}-s{config.seed}-{_short_id()}"
+
+
+@flow(name="steer-train-preset", flow_run_name=_preset_run_name, log_prints=True, persist_result=False)
 def train_preset(
     preset: PresetName = "tiny",
     algorithm: AlgorithmName = "steer",
@@ -52,7 +72,7 @@ def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
 
-@flow(name="steer-train", log_prints=True, persist_result=False)
+@flow(name="steer-train", flow_run_name=_run_name, log_prints=True, persist_result=False)
 def train(config: RunConfig) -> dict:
     """Train ``config.model`` with ``config.algorithm`` for ``config.steps`` RL steps; resumes from the last
     checkpoint in ``config.output_dir``. Returns a summary (held-out accuracy and entropy, where things are)."""
@@ -72,6 +92,16 @@ def train(config: RunConfig) -> dict:
         tracker = stack.enter_context(closing_run(MlflowTracker(out, experiment=config.experiment, run_name=run_name)))
         if not tracker.resumed:
             tracker.log_params(config.model_dump(mode="json"))
+        # links both ways: the MLflow run names the commit and this flow run; the flow run links the MLflow run
+        prefect_id, prefect_url = flow_run_link()
+        tracker.set_tags(run_tags(config, prefect_id, prefect_url))
+        if config.tracking.log_datasets:
+            tracker.log_datasets(paths)
+        if config.tracking.system_metrics:
+            tracker.start_system_metrics(config.tracking.system_metrics_interval_s)
+        mlflow_url = mlflow_run_url(tracker.tracking_uri, tracker.experiment_id, tracker.run_id)
+        report = RunProgress(flow_run.name or run_name, config.steps, rt.start_step)  # labelled as the flow run
+        report.link_mlflow(mlflow_url, tracker.tracking_uri, tracker.run_id)
         data = DataOrder(train_set, config.rollout.prompts_per_step, config.seed)
         instruction = config.data.instruction
 
@@ -100,10 +130,6 @@ def train(config: RunConfig) -> dict:
         # 3. held-out accuracy of the starting policy
         if rt.start_step == 0:
             evaluate(0)
-        columns = [TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}")]
-        progress = stack.enter_context(Progress(*columns, TimeElapsedColumn(), transient=False))
-        bar = progress.add_task("", total=config.steps, completed=rt.start_step)
-
         # 4. the RL loop
         for step in range(rt.start_step, config.steps):
             t0 = time.perf_counter()
@@ -145,28 +171,35 @@ def train(config: RunConfig) -> dict:
             # the checkpoint comes last: everything of the steps before it is persisted when it appears
             if _due(done, config.checkpoint_every, config.steps):
                 rt.extra = {"evals": evals}
-                checkpoint(rt, done, tracker, log_artifact=done == config.steps)
-            progress.update(
-                bar,
-                advance=1,
-                description=f"reward {metrics['reward/mean']:+.3f}  acc {metrics['reward/accuracy']:.3f}  "
-                f"entropy {metrics['rollout/entropy']:.3f}",
-            )
+                checkpoint(rt, done, tracker, log_artifact=done == config.steps and config.tracking.log_checkpoints)
+            report.step(done, metrics, time.perf_counter() - t0)
+
+        # 5. the trained policy as an MLflow model (also after a rerun of a finished run that died before logging it)
+        model_uri = tracker.logged_model_uri()
+        if config.tracking.log_model and model_uri is None:
+            model_uri = log_policy(tracker, rt, config.steps, config.tracking.registered_model_name)
 
         first, last = evals.get(0, {}), evals[max(evals)] if evals else {}
+        trained = [v["eval/accuracy"] for k, v in evals.items() if k > 0]  # the start is not a trained policy
         # from the run's history: after a resume, this process saw only the steps since the checkpoint
         entropy = tracker.metric_history("rollout/entropy")
-        return {
+        summary = {
             "algorithm": config.algorithm.name,
             "steps": config.steps,
             "resumed_from": rt.start_step,
             "heldout_accuracy_before": first.get("eval/accuracy"),
             "heldout_accuracy_after": last.get("eval/accuracy"),
+            "heldout_accuracy_best": max(trained) if trained else None,
             "evals": {str(k): v for k, v in sorted(evals.items())},
             "entropy_first": entropy[min(entropy)] if entropy else None,
             "entropy_last": entropy[max(entropy)] if entropy else None,
             "mlflow_run_id": tracker.run_id,
             "mlflow_tracking_uri": tracker.tracking_uri,
+            "mlflow_run_url": mlflow_url,
+            "model_uri": model_uri,
+            "prefect_flow_run_id": prefect_id,
             "rollouts_dir": str(out / "rollouts"),
             "checkpoints_dir": str(out / "checkpoints"),
         }
+        report.summary(summary, mlflow_url)
+        return summary

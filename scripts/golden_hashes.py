@@ -3,7 +3,7 @@
 Runs the real command line in-process (``steer train --preset tiny --steps 5 --algorithm A --output-dir D``), then
 hashes
 
-- ``metrics``: every MLflow metric of the run except ``timing/*`` and ``perf/*`` (wall-clock), one hash per key over
+- ``metrics``: every MLflow metric of the run except ``timing/*``, ``perf/*`` and ``system/*`` (wall-clock, load), one hash per key over
   its history, each point as ``step value`` with the value's exact float (``float.hex``);
 - ``weights``: the last checkpoint's safetensors tensors in sorted name order (name, dtype, shape, raw bytes).
 
@@ -44,7 +44,7 @@ SMALL = [
     "data.train_size=200",
     "checkpoint_every=0",
 ]
-WALL_CLOCK = ("timing/", "perf/")
+WALL_CLOCK = ("timing/", "perf/", "system/")  # wall clock and the machine's load
 
 
 def _main_of_cli():

@@ -99,6 +99,27 @@ class EvalConfig(_Section):
     max_new_tokens: int = Field(16, gt=0, description="Longest evaluation response.")
 
 
+class TrackingConfig(_Section):
+    log_model: bool = Field(
+        True,
+        description="Log the final policy (model + tokenizer) as an MLflow model in the transformers flavour, so "
+        "MLflow's own tools find, version and load it (mlflow.transformers.load_model(model_uri)).",
+    )
+    registered_model_name: str | None = Field(
+        None, description="Also register the logged model under this name in MLflow's model registry (a version a run)."
+    )
+    log_checkpoints: bool = Field(
+        False,
+        description="Also copy the final checkpoint folder (weights and optimizer state, for resuming) to the run's "
+        "artifacts; checkpoints stay on disk under output_dir either way.",
+    )
+    log_datasets: bool = Field(True, description="Record the train and held-out sets as MLflow dataset inputs.")
+    system_metrics: bool = Field(
+        True, description="Log CPU, memory, disk, network (and GPU, with pynvml) as system/* metrics while training."
+    )
+    system_metrics_interval_s: float = Field(10.0, gt=0, description="Seconds between system-metric samples.")
+
+
 class RunConfig(_Section):
     preset: str = Field(
         "tiny",
@@ -118,6 +139,7 @@ class RunConfig(_Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     algorithm: AlgorithmConfig = Field(default_factory=lambda: get_algorithm("steer"))
 
     @model_validator(mode="after")

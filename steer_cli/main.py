@@ -43,6 +43,7 @@ ENV_DEFAULTS = {
     "DO_NOT_TRACK": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # MLflow's INFO lines (creating tables, system-metrics threads) are noise here
 }
 
 

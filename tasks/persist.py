@@ -76,3 +76,9 @@ def checkpoint(rt: Runtime, step: int, tracker: Tracker, log_artifact: bool = Fa
     if log_artifact:
         tracker.log_artifact(path, artifact_path="checkpoint")
     return str(path)
+
+
+@task(name="log-model", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def log_policy(tracker, rt: Runtime, step: int, registered_name: str | None = None) -> str:
+    """The trained policy as the run's MLflow model (transformers flavour), optionally registered; its URI."""
+    return tracker.log_model(rt.model, rt.tokenizer, step=step, registered_name=registered_name)

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +61,13 @@ TRANSIENT_ERROR_CODES = frozenset(
     }
 )
 """MLflow error codes worth retrying; any other MlflowException (invalid value, missing run) fails at once."""
+
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+"""Tags of every experiment steer creates: the MLflow UI opens it on its runs (the model-training view), not on the
+GenAI view's empty traces page."""
+
+MODEL_NAME = "policy"
+"""Name of the final policy's logged MLflow model (``runs:/<run_id>/policy`` and ``models:/<model_id>``)."""
 
 
 def is_transient(error: BaseException) -> bool:
@@ -105,6 +114,47 @@ def tracking_uri_env(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+def git_commit(path: str | os.PathLike | None = None) -> tuple[str | None, bool]:
+    """The commit of the checkout holding ``path`` (default: this package) and whether its tree has local changes;
+    (None, False) outside a git checkout or without git."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+    return sha or None, bool(dirty)
+
+
+def run_tags(config: Any, prefect_flow_run_id: str | None, prefect_flow_run_url: str | None) -> dict[str, str]:
+    """The tags that tie a training run to its source and its orchestration: MLflow's own source tags (the UI shows
+    the commit), the Prefect flow run (id and page), the preset and the algorithm."""
+    sha, dirty = git_commit()
+    tags = {
+        "mlflow.source.name": "flows/train.py:train",
+        "mlflow.source.type": "JOB",
+        "steer.preset": config.preset,
+        "steer.algorithm": config.algorithm.name,
+        "steer.seed": config.seed,
+    }
+    if sha:
+        tags["mlflow.source.git.commit"] = sha
+        tags["steer.git.dirty"] = str(dirty).lower()
+    if prefect_flow_run_id:
+        tags["steer.prefect.flow_run_id"] = prefect_flow_run_id  # the latest flow run (a resume is a new one)
+    if prefect_flow_run_url:
+        tags["steer.prefect.flow_run_url"] = prefect_flow_run_url
+    return {k: str(v) for k, v in tags.items()}
+
+
 def sqlite_artifact_location(tracking_uri: str) -> str | None:
     """``file://<folder of the database>/mlartifacts`` for a ``sqlite:///`` store, None (the server's or MLflow's
     default) otherwise."""
@@ -144,6 +194,7 @@ class MlflowTracker:
         self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self._closed = False
+        self._monitor = None  # the system-metrics thread, once started
         self._logged: set[tuple[str, int]] = set()  # (metric, step) pairs the resumed run already holds
         id_file = self.output_dir / RUN_ID_FILE
         self.resumed = id_file.exists()
@@ -209,7 +260,79 @@ class MlflowTracker:
         batch = [RunTag(k, str(v)) for k, v in tags.items()]
         self._call(lambda: self.client.log_batch(self._run_id, tags=batch))
 
+    def log_datasets(self, paths: Mapping[str, str | os.PathLike]) -> None:
+        """Record Parquet files as the run's dataset inputs (context -> path, e.g. train, heldout), each with MLflow's
+        digest of its content; a resumed run that has them already logs nothing."""
+        import mlflow.data
+        import pandas as pd
+        from mlflow.entities import DatasetInput, InputTag
+
+        have = {d.dataset.name for d in self._call(lambda: self.client.get_run(self._run_id)).inputs.dataset_inputs}
+        inputs = []
+        for context, path in paths.items():
+            name = f"{context}:{Path(path).name}"
+            if name in have:
+                continue
+            with warnings.catch_warnings():  # a local path matches two equivalent registered source types
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = mlflow.data.from_pandas(pd.read_parquet(path), source=str(Path(path).resolve()), name=name)
+            tags = [InputTag(key="mlflow.data.context", value=context)]
+            inputs.append(DatasetInput(dataset=dataset._to_mlflow_entity(), tags=tags))
+        if inputs:
+            self._call(lambda: self.client.log_inputs(self._run_id, datasets=inputs))
+
+    def start_system_metrics(self, interval_s: float = 10.0) -> None:
+        """Sample CPU, memory, disk, network (and GPU where pynvml is installed) every ``interval_s`` seconds as
+        ``system/*`` metrics of this run, in a background thread that ``close`` stops."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        if self._monitor is None:
+            self._monitor = SystemMetricsMonitor(
+                self._run_id, sampling_interval=interval_s, resume_logging=self.resumed, tracking_uri=self.tracking_uri
+            )
+            self._monitor.start()
+
+    def logged_model_uri(self) -> str | None:
+        """The ``models:/`` URI of this run's logged policy, None if it has none yet."""
+        return self._call(lambda: self.client.get_run(self._run_id)).data.tags.get("steer.model_uri")
+
+    def log_model(self, model, tokenizer, *, step: int, registered_name: str | None = None) -> str:
+        """Log the policy as an MLflow model in the transformers flavour (model and tokenizer: a text-generation
+        pipeline for ``mlflow.transformers.load_model``), optionally registered under ``registered_name``; the
+        run's tag ``steer.model_uri`` records its URI. Returns the URI."""
+        import mlflow
+        import mlflow.transformers
+        import torch
+        import transformers
+
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
+        before = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.tracking_uri)  # the flavour logs through the fluent API's store
+        flavour_log = logging.getLogger("mlflow.transformers")
+        level = flavour_log.level
+        flavour_log.setLevel(logging.ERROR)  # no hub here: its "model card / license not found" warnings are noise
+        try:
+            info = self._call(
+                lambda: mlflow.transformers.log_model(
+                    {"model": model, "tokenizer": tokenizer},
+                    name=MODEL_NAME,
+                    task="text-generation",
+                    run_id=self._run_id,
+                    step=step,
+                    registered_model_name=registered_name,
+                    pip_requirements=requirements,
+                )
+            )
+        finally:
+            mlflow.set_tracking_uri(before)
+            flavour_log.setLevel(level)
+        self.set_tags({"steer.model_uri": info.model_uri})
+        return info.model_uri
+
     def close(self, status: str = "FINISHED") -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
         if self._closed:
             return
         if status not in ("FINISHED", "FAILED", "KILLED"):
@@ -223,9 +346,14 @@ class MlflowTracker:
     def _experiment_id(self, name: str, artifact_location: str | None) -> str:
         found = self._call(lambda: self.client.get_experiment_by_name(name))
         if found is not None:
+            for k, v in EXPERIMENT_TAGS.items():  # an experiment made by another tool opens on runs too
+                if found.tags.get(k) is None:
+                    self._call(lambda k=k, v=v: self.client.set_experiment_tag(found.experiment_id, k, v))
             return found.experiment_id
         try:
-            return self._call(lambda: self.client.create_experiment(name, artifact_location=artifact_location))
+            return self._call(
+                lambda: self.client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_TAGS)
+            )
         except MlflowException as e:  # created meanwhile by another process
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise

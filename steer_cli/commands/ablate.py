@@ -79,7 +79,9 @@ def execute(make_config, prog: str) -> int:
         return 2
     from flows.ablate import ablate
     from steer_cli.commands.comparison import print_table
+    from steer_cli.commands.printing import announce_prefect
 
+    announce_prefect(prog)
     result = ablate(config)
     print_table(result["table"])
     print(f"parent MLflow run: {result['parent_run_id']}  ({result['tracking_uri']})")

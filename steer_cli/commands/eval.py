@@ -33,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
     from flows.evaluate import evaluate
     from steer.benchmarks import BenchmarkUnavailable
+    from steer_cli.commands.printing import announce_prefect
 
     data_paths = dict(item.split("=", 1) for item in args.data_path)
+    announce_prefect("steer eval")
     try:
         results = evaluate(
             model=args.model,

@@ -110,7 +110,9 @@ def estimator_run(args: argparse.Namespace) -> int:
         print(f"steer study estimator: {e}", file=sys.stderr)
         return 2
     from flows.estimator_study import estimator_study
+    from steer_cli.commands.printing import announce_prefect
 
+    announce_prefect("steer study estimator")
     result = estimator_study(config)
     print_all_rows(result["summary"])
     print(

@@ -50,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
         print(config_help(config))
         return 0
     from flows.train import train
-    from steer_cli.commands.printing import print_summary
+    from steer_cli.commands.printing import announce_prefect, print_summary
 
+    announce_prefect("steer train")
     summary = train(config)
     print_summary(summary)
     return 0
