@@ -21,7 +21,7 @@ from steer.runtime import cache_dir, derive_seed, resolve_device
 from steer.tracking import closing_run
 from steer.verifiers import VERIFIERS
 from tasks.evaluate import evaluate_policy
-from tasks.tracking import MlflowTracker
+from tasks.tracking import MlflowTracker, mlflow_policy_folder
 
 EMBEDDED_TEMPLATE = "{problem}"
 """The embedded policy was trained on raw problems; benchmark instructions would be noise to it."""
@@ -29,11 +29,10 @@ EMBEDDED_TEMPLATE = "{problem}"
 
 @task(name="resolve-model", retries=2, retry_delay_seconds=[2, 10])
 def resolve_model(model: str) -> str:
-    """A local folder, ``runs:/<run_id>/<path>`` (an MLflow artifact, downloaded), an embedded name, or a hub id."""
+    """A local folder, an MLflow model or artifact (``models:/<model_id>``, ``runs:/<run_id>/policy``, downloaded), an
+    embedded name, or a hub id."""
     if model.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        import mlflow
-
-        return mlflow.artifacts.download_artifacts(model)
+        return mlflow_policy_folder(model)
     return resolve_policy(model, cache_dir())
 
 

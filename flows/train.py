@@ -18,7 +18,7 @@ from steer.algorithms import AlgorithmName
 from steer.config import RunConfig, load_config, preset_names
 from steer.diagnostics import logp_mismatch, rollout_metrics
 from steer.rollout_store import remove_steps_after
-from steer.runtime import DataOrder, derive_seed, open_runtime
+from steer.runtime import DataOrder, derive_seed, open_runtime, resolve_device
 from steer.tracking import closing_run
 from steer.verifiers import VERIFIERS
 from tasks.data import prepare_data, prepare_policy, read_problems
@@ -26,6 +26,7 @@ from tasks.evaluate import evaluate_policy
 from tasks.persist import checkpoint, log_metrics, log_policy, write_rollouts
 from tasks.progress import RunProgress, flow_run_link, mlflow_run_url
 from tasks.rl import generate_rollouts, score_rollouts, sync_weights, update_policy
+from tasks.slots import training_slot
 from tasks.tracking import MlflowTracker, run_tags
 
 PresetName = Literal[tuple(preset_names())]
@@ -78,6 +79,8 @@ def train(config: RunConfig) -> dict:
     checkpoint in ``config.output_dir``. Returns a summary (held-out accuracy and entropy, where things are)."""
     out = Path(config.output_dir)
     with ExitStack() as stack:
+        # 0. one training per device kind at a time, where the server sets a limit (scripts/service.sh does)
+        stack.enter_context(training_slot(resolve_device(config.model.device).type))
         # 1. data and the initial policy (both cached: a rerun or resume reuses them)
         paths = prepare_data(config.data, str(out))
         train_set, heldout = read_problems(paths["train"]), read_problems(paths["heldout"])

@@ -8,14 +8,20 @@
 #   scripts/service.sh logs server|worker|mlflow          follow a log
 #   scripts/service.sh env                                the exports a shell needs to talk to these services
 #
-# Each process runs in its own session (process group) and leaves a pid file in $STEER_SERVICE_DIR; `stop` signals
-# only the process groups named by those pid files and the flow runs the worker started (SIGTERM, then SIGKILL after
-# STEER_STOP_TIMEOUT = 10 s; an interrupted training run resumes from its last checkpoint when rerun), so it never
-# touches anything it did not start.
+# The Prefect server is Prefect's own background server (`prefect server start --background`, stopped by
+# `prefect server stop`; its pid file is $PREFECT_HOME/server.pid). The worker and the MLflow server run in sessions
+# of their own (process groups) with pid files in $STEER_SERVICE_DIR; `stop` signals only what those pid files name
+# and the flow runs the worker started (SIGTERM, then SIGKILL after STEER_STOP_TIMEOUT = 10 s; an interrupted training
+# run resumes from its last checkpoint when rerun), so it never touches anything it did not start.
+#
+# Flow runs started by the worker log to MLflow through the MLflow server (http://127.0.0.1:$MLFLOW_PORT), never to
+# its database file directly. `start server` creates the global concurrency limits steer-train-cpu and
+# steer-train-cuda (STEER_TRAIN_SLOTS = 1 each): the training flow holds a slot of its device kind while it trains, so
+# a second training (a manual run, the nightly ablation) queues instead of sharing the cores or the GPU.
 #
 # Settings (environment): STEER_SERVICE_DIR (runs/service), PREFECT_PORT (4200), MLFLOW_PORT (5000), STEER_WORK_POOL
 # (steer-local), STEER_MLFLOW_STORE (sqlite:///<checkout>/runs/mlflow.db), STEER_MLFLOW_ARTIFACTS
-# (<checkout>/runs/mlartifacts, for runs logged through the MLflow server), VENV (<checkout>/.venv).
+# (<checkout>/runs/mlartifacts, for runs logged through the MLflow server), STEER_TRAIN_SLOTS (1), VENV (<checkout>/.venv).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,12 +33,15 @@ MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 POOL="${STEER_WORK_POOL:-steer-local}"
 STOP_TIMEOUT="${STEER_STOP_TIMEOUT:-10}"  # seconds between SIGTERM and SIGKILL
 cd "$ROOT"  # relative paths (runs/...) mean the checkout's, wherever the script is called from
+PREFECT_HOME_DIR="${PREFECT_HOME:-$RUN_DIR/prefect-home}"  # profiles and server state stay out of ~/.prefect
 STORE="${STEER_MLFLOW_STORE:-sqlite:///$ROOT/runs/mlflow.db}"
 ARTIFACTS="${STEER_MLFLOW_ARTIFACTS:-$ROOT/runs/mlartifacts}"  # for runs logged through the MLflow server
-ALL=(server worker mlflow)
+ALL=(server mlflow worker)  # start order: the worker logs through the MLflow server
+SLOTS="${STEER_TRAIN_SLOTS:-1}"
+SERVER_PID_FILE="$PREFECT_HOME_DIR/server.pid"
 
 export PREFECT_API_URL="http://$HOST:$PREFECT_PORT/api"
-export PREFECT_HOME="${PREFECT_HOME:-$RUN_DIR/prefect-home}"  # profiles and server state stay out of ~/.prefect
+export PREFECT_HOME="$PREFECT_HOME_DIR"
 export DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false
 
 url() {  # the health URL of a component
@@ -43,9 +52,14 @@ url() {  # the health URL of a component
   esac
 }
 
+pidfile() {  # the pid file of a component: Prefect's own for the server, this script's for the others
+  if [[ "$1" == server ]]; then echo "$SERVER_PID_FILE"; else echo "$RUN_DIR/$1.pid"; fi
+}
+
 running() {  # true when the component's pid file names a live process
-  local pidfile="$RUN_DIR/$1.pid"
-  [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+  local file
+  file="$(pidfile "$1")"
+  [[ -s "$file" ]] && kill -0 "$(cat "$file")" 2>/dev/null
 }
 
 wait_http() {  # wait_http URL SECONDS NAME
@@ -73,17 +87,29 @@ launch() {  # launch NAME COMMAND...: in its own session, output to NAME.log, pi
 }
 
 start_server() {
-  PREFECT_API_DATABASE_CONNECTION_URL="sqlite+aiosqlite:///$RUN_DIR/prefect.db" \
-    launch server "$VENV/bin/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
+  if running server; then
+    echo "server: already running (pid $(cat "$SERVER_PID_FILE"))"
+  else
+    rm -f "$SERVER_PID_FILE"  # a stale one (the machine rebooted) would make Prefect refuse to start
+    PREFECT_API_DATABASE_CONNECTION_URL="sqlite+aiosqlite:///$RUN_DIR/prefect.db" \
+      "$VENV/bin/prefect" server start --background --host "$HOST" --port "$PREFECT_PORT" >"$RUN_DIR/server.log" 2>&1
+    echo "server: started in the background (pid $(cat "$SERVER_PID_FILE"), \`prefect server stop\` stops it)"
+  fi
   wait_http "$(url server)" 180 server
   "$VENV/bin/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 ||
     "$VENV/bin/prefect" work-pool create "$POOL" --type process >/dev/null
-  echo "server: Prefect UI and API at http://$HOST:$PREFECT_PORT (work pool $POOL)"
+  local kind
+  for kind in cpu cuda; do  # one training at a time per device kind (flows/train.py holds a slot while it trains)
+    "$VENV/bin/prefect" gcl inspect "steer-train-$kind" >/dev/null 2>&1 ||
+      "$VENV/bin/prefect" gcl create "steer-train-$kind" --limit "$SLOTS" >/dev/null
+  done
+  echo "server: Prefect UI and API at http://$HOST:$PREFECT_PORT (work pool $POOL, training slots $SLOTS per device kind)"
 }
 
 start_worker() {
   # the flow runs inherit this environment: one MLflow store for every run, images linked through the MLflow UI
-  MLFLOW_TRACKING_URI="$STORE" STEER_MLFLOW_UI_URL="http://$HOST:$MLFLOW_PORT" \
+  MLFLOW_TRACKING_URI="http://$HOST:$MLFLOW_PORT" STEER_MLFLOW_UI_URL="http://$HOST:$MLFLOW_PORT" \
+    PREFECT_UI_URL="http://$HOST:$PREFECT_PORT" \
     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false PREFECT_WORKER_QUERY_SECONDS="${PREFECT_WORKER_QUERY_SECONDS:-5}" \
     launch worker "$VENV/bin/prefect" worker start --pool "$POOL" --type process
 }
@@ -95,8 +121,29 @@ start_mlflow() {
   echo "mlflow: MLflow UI at http://$HOST:$MLFLOW_PORT on $STORE"
 }
 
+stop_server() {
+  if ! running server; then
+    echo "server: not running"
+    rm -f "$SERVER_PID_FILE"
+    return 0
+  fi
+  local pid
+  pid="$(cat "$SERVER_PID_FILE")"
+  "$VENV/bin/prefect" server stop >/dev/null
+  for _ in $(seq "$STOP_TIMEOUT"); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 1
+  done
+  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  echo "server: stopped (pid $pid)"
+}
+
 stop_one() {
   local name="$1" pidfile="$RUN_DIR/$1.pid" pid
+  if [[ "$name" == server ]]; then
+    stop_server
+    return 0
+  fi
   if [[ ! -f "$pidfile" ]]; then
     echo "$name: not started by this script"
     return 0
@@ -128,7 +175,7 @@ status() {
     if running "$name"; then
       health="$(url "$name")"
       if [[ -n "$health" ]] && ! curl -sf -o /dev/null "$health"; then health="$health (not answering yet)"; fi
-      echo "$name: running, pid $(cat "$RUN_DIR/$name.pid") ${health:+$health }log $RUN_DIR/$name.log"
+      echo "$name: running, pid $(cat "$(pidfile "$name")") ${health:+$health }log $RUN_DIR/$name.log"
     else
       echo "$name: stopped"
     fi
@@ -150,7 +197,7 @@ case "$cmd" in
         *) echo "unknown component $c: use server, worker or mlflow" >&2; exit 2 ;;
       esac
     done
-    echo "export PREFECT_API_URL=$PREFECT_API_URL MLFLOW_TRACKING_URI=$STORE"
+    echo "export PREFECT_API_URL=$PREFECT_API_URL MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT"
     ;;
   stop)
     order=()
@@ -163,9 +210,9 @@ case "$cmd" in
     ;;
   status) status ;;
   logs) tail -n 50 -f "$RUN_DIR/${1:?logs needs server, worker or mlflow}.log" ;;
-  env) echo "export PREFECT_API_URL=$PREFECT_API_URL MLFLOW_TRACKING_URI=$STORE" ;;
+  env) echo "export PREFECT_API_URL=$PREFECT_API_URL MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT" ;;
   *)
-    sed -n '2,18p' "$0"
+    sed -n '2,24p' "$0"
     exit 2
     ;;
 esac

@@ -14,8 +14,10 @@
   MLflow's 6000 characters are truncated. Param values are immutable in MLflow: re-logging an equal value (a resumed
   run) is a no-op and a different value raises a ValueError naming the keys.
 - Speed: each call is one ``log_batch`` (MLflow's limits: 1000 metrics or 100 params per batch).
-- Failures: calls are retried with exponential backoff when the error is transient (I/O, a locked SQLite database, an
-  unavailable server); invalid input fails at once.
+- Failures: on a local store (SQLite or files: the default, which the training thread and the system-metrics thread
+  share) calls are retried with exponential backoff when the error is transient (I/O, a locked SQLite database);
+  through an MLflow server (an http(s) URI, as ``scripts/service.sh``'s worker uses) MLflow's own REST client retries
+  and this wrapper steps aside. Invalid input fails at once.
 
 The MlflowClient API is used directly (not ``mlflow.start_run``), so nothing depends on MLflow's global active run
 and Prefect tasks in threads can share the tracker.
@@ -153,6 +155,27 @@ def run_tags(config: Any, prefect_flow_run_id: str | None, prefect_flow_run_url:
     if prefect_flow_run_url:
         tags["steer.prefect.flow_run_url"] = prefect_flow_run_url
     return {k: str(v) for k, v in tags.items()}
+
+
+def mlflow_policy_folder(uri: str) -> str:
+    """A Hugging Face folder (model and tokenizer) for an MLflow URI. A logged transformers model (``models:/<id>``
+    as in the run tag ``steer.model_uri``, or ``models:/<registered name>/<version>``) is loaded with its flavour and
+    saved as one folder beside the download; any other artifact folder (a checkpoint logged with
+    ``tracking.log_checkpoints``) is returned as downloaded."""
+    import mlflow
+    import mlflow.transformers
+
+    local = Path(with_retries(lambda: mlflow.artifacts.download_artifacts(uri)))
+    if not (local / "MLmodel").exists():
+        return str(local)
+    folder = local / "hf-policy"
+    if not (folder / "config.json").exists():
+        parts = mlflow.transformers.load_model(str(local), return_type="components")
+        tmp = local / "hf-policy.tmp"
+        parts["model"].save_pretrained(tmp)
+        parts["tokenizer"].save_pretrained(tmp)
+        os.replace(tmp, folder)
+    return str(folder)
 
 
 def sqlite_artifact_location(tracking_uri: str) -> str | None:
@@ -306,8 +329,11 @@ class MlflowTracker:
         import transformers
 
         requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
-        before = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.tracking_uri)  # the flavour logs through the fluent API's store
+        before = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_EXPERIMENT_ID")
+        # the flavour logs through the fluent API: this store, and this run's experiment (with its artifact location;
+        # MLflow's default experiment would put the model under ./mlruns of the working directory)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        os.environ["MLFLOW_EXPERIMENT_ID"] = self.experiment_id
         flavour_log = logging.getLogger("mlflow.transformers")
         level = flavour_log.level
         flavour_log.setLevel(logging.ERROR)  # no hub here: its "model card / license not found" warnings are noise
@@ -324,7 +350,11 @@ class MlflowTracker:
                 )
             )
         finally:
-            mlflow.set_tracking_uri(before)
+            mlflow.set_tracking_uri(before[0])
+            if before[1] is None:
+                os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+            else:
+                os.environ["MLFLOW_EXPERIMENT_ID"] = before[1]
             flavour_log.setLevel(level)
         self.set_tags({"steer.model_uri": info.model_uri})
         return info.model_uri
@@ -341,6 +371,8 @@ class MlflowTracker:
         self._closed = True
 
     def _call(self, fn: Callable[[], T]) -> T:
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return fn()  # through a server, MLflow's REST client retries with backoff itself (MLFLOW_HTTP_REQUEST_*)
         return with_retries(fn, attempts=self._attempts, base_delay=self._base_delay)
 
     def _experiment_id(self, name: str, artifact_location: str | None) -> str:

@@ -34,6 +34,8 @@ SMALL = {
     "data": {"heldout_size": 16, "train_size": 200},
     # built by the small_policy fixture; the session's torch threads (tests/conftest.py), not the preset's 2
     "model": {"name_or_path": SMALL_POLICY, "num_threads": int(os.environ["STEER_TEST_TORCH_THREADS"])},
+    # logging the model takes seconds per run: the tests that look at it turn it on (finished_run, the service tier)
+    "tracking": {"log_model": False, "system_metrics": False},
 }
 
 
@@ -50,7 +52,7 @@ def metric_history(run_dir: Path, key: str) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def finished_run(prefect_harness, small_policy, tmp_path_factory):
     out = tmp_path_factory.mktemp("flow") / "run"
-    summary = train(small_config(out))
+    summary = train(small_config(out, tracking={"system_metrics_interval_s": 1}))  # logs the model, system metrics
     return out, summary
 
 
@@ -83,6 +85,61 @@ def test_mlflow_has_params_and_namespaced_metrics_per_step(finished_run):
     params = client.get_run(summary["mlflow_run_id"]).data.params
     assert params["algorithm.token_weighting.lambda_min"] == "0.7" and params["rollout.samples_per_prompt"] == "4"
     assert summary["heldout_accuracy_before"] is not None and summary["heldout_accuracy_after"] is not None
+
+
+def test_prefect_shows_progress_lines_and_artifacts_and_links_mlflow(finished_run):
+    """The flow run is named <algorithm>-s<seed>-<id>; its logs hold a line per step and the summary; its artifacts
+    hold the progress (100%) and a summary table naming the MLflow run; MLflow's run names this flow run back."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    out, summary = finished_run
+    flow_run_id = summary["prefect_flow_run_id"]
+    APILogHandler().flush()  # the handler sends in batches from a background thread
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    assert flow_run.name == f"steer-s0-{flow_run_id[:8]}"
+    for step in (1, 2, 3):
+        assert any(m.startswith(f"[{flow_run.name}] step {step}/3  reward ") for m in logs), logs
+    assert any(m.startswith(f"[{flow_run.name}] done: held-out accuracy") for m in logs), logs
+    by_type = {a.type: a for a in artifacts}
+    assert by_type["progress"].data == 100.0
+    assert summary["mlflow_run_id"] in by_type["markdown"].data and "best held-out accuracy" in by_type["markdown"].data
+    run = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}").get_run(summary["mlflow_run_id"])
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert run.data.tags["mlflow.source.git.commit"] == head.strip()
+    assert run.data.tags["steer.prefect.flow_run_id"] == flow_run_id
+    assert run.data.tags["steer.algorithm"] == "steer" and run.data.tags["steer.preset"] == "tiny"
+
+
+def test_mlflow_holds_the_policy_as_a_model_the_datasets_and_system_metrics(finished_run):
+    """The final policy is an MLflow transformers model that loads and generates; the train and held-out sets are
+    the run's dataset inputs with digests; system/* metrics were sampled; the experiment opens on runs."""
+    import mlflow.transformers
+
+    out, summary = finished_run
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert summary["model_uri"] == run.data.tags["steer.model_uri"] and summary["model_uri"].startswith("models:/")
+    mlflow.set_tracking_uri(uri)
+    try:
+        pipe = mlflow.transformers.load_model(summary["model_uri"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    generated = pipe("3+4=", max_new_tokens=4, do_sample=False)[0]["generated_text"]
+    assert generated.startswith("3+4=") and len(generated) > len("3+4=")
+    inputs = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "heldout"} and all(d.digest for d in inputs.values())
+    assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.list_artifacts(run.info.run_id, "checkpoint") == []  # checkpoints stay on disk unless asked
 
 
 def test_checkpoint_reloads_with_from_pretrained(finished_run):
