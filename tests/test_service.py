@@ -214,7 +214,29 @@ def service(small_policy, tmp_path_factory):
             kill_group(int(pidfile.read_text()))
 
 
+def _terminal(client, flow_run_id, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.read_flow_run(flow_run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        time.sleep(2)
+    raise TimeoutError(f"flow run {flow_run_id} did not finish within {timeout} s")
+
+
+def _running_interval(client, flow_run_id) -> tuple[float, float]:
+    """When the flow run entered Running and when it left it (its final state), as timestamps."""
+    states = sorted(client.read_flow_run_states(flow_run_id), key=lambda st: st.timestamp)
+    start = next(st.timestamp for st in states if st.type.value == "RUNNING")
+    end = next(st.timestamp for st in reversed(states) if st.is_final())
+    return start.timestamp(), end.timestamp()
+
+
 def test_deploy_and_run_training_through_a_server_and_process_worker(service):
+    """Two trainings submitted together run one after the other (the deployment's concurrency limit and the training
+    slot); each is followed in Prefect (per-step log lines, a summary artifact linking MLflow) and in MLflow through
+    its server (tags naming the commit and the flow run, the logged model, which loads and generates, the dataset
+    inputs, system metrics); a typo in a drop-down field is refused by the Prefect API when the run is created."""
     env, d = service
     status = subprocess.run([str(SCRIPT), "status"], env=env, capture_output=True, text=True, timeout=30).stdout
     assert [line.split(":")[1].split(",")[0].strip() for line in status.splitlines()] == ["running"] * 3, status
@@ -222,37 +244,105 @@ def test_deploy_and_run_training_through_a_server_and_process_worker(service):
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
 
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.deployments import run_deployment
+    from prefect.exceptions import PrefectHTTPStatusError
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    out = d / "deployed-run"
-    params = {"preset": "tiny", "algorithm": "grpo", "overrides": {**SMALL, "steps": 2, "output_dir": str(out)}}
+    outs = [d / "deployed-run", d / "deployed-run-2"]
+    tracking = {"log_model": True, "system_metrics_interval_s": 1}
+
+    def params(out: Path, algorithm: str = "grpo") -> dict:
+        over = {**SMALL, "steps": 2, "output_dir": str(out), "tracking": tracking}
+        return {"preset": "tiny", "algorithm": algorithm, "overrides": over}
+
     with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{env['PREFECT_PORT']}/api"}):
-        flow_run = run_deployment("steer-train-preset/train", parameters=params, timeout=400, poll_interval=2)
+        with pytest.raises(PrefectHTTPStatusError, match="422|409|Validation|grpoo"):
+            run_deployment("steer-train-preset/train", parameters=params(d / "typo", "grpoo"), timeout=0)
+        submitted = [run_deployment("steer-train-preset/train", parameters=params(o), timeout=0) for o in outs]
         with get_client(sync_client=True) as client:
+            runs = [_terminal(client, r.id, timeout=600) for r in submitted]
+            intervals = [_running_interval(client, r.id) for r in runs]
             nightly = client.read_deployment_by_name("steer-ablate/lambda-min-nightly")
             names = {dep.name for dep in client.read_deployments()}
-    assert flow_run.state.is_completed(), (flow_run.state, (d / "svc" / "worker.log").read_text()[-4000:])
+            logs = [log.message for log in client.read_logs()]
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[str(r.id) for r in runs]))
+            )
+    worker_log = (d / "svc" / "worker.log").read_text()[-4000:]
+    assert all(r.state.is_completed() for r in runs), ([r.state for r in runs], worker_log)
+    (a0, a1), (b0, b1) = sorted(intervals)
+    assert a1 <= b0 + 1.0, intervals  # one after the other, not side by side
     assert names == DEPLOYMENT_NAMES
     assert [s.active for s in nightly.schedules] == [False] and nightly.schedules[0].schedule.cron == "0 2 * * *"
     assert nightly.parameter_openapi_schema["properties"]["config"]  # a typed form
-    assert finished_steps(out / "rollouts") == [0, 1]
+    for out in outs:
+        assert finished_steps(out / "rollouts") == [0, 1]
 
-    # the worker logged to the service's store, and the MLflow UI started by the script serves it over HTTP
-    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{env['MLFLOW_PORT']}")
-    run = client.get_run((out / "mlflow_run_id").read_text().strip())
+    # Prefect: a line per step of the training subflow, and the summary artifact with the MLflow link
+    mlflow_url = f"http://127.0.0.1:{env['MLFLOW_PORT']}"
+    assert sum(" step 2/2  reward " in m for m in logs) == 2, logs[-40:]
+    summaries = [a for a in artifacts if a.type == "markdown" and a.key and a.key.endswith("-summary")]
+    client = MlflowClient(tracking_uri=mlflow_url)
+    run = client.get_run((outs[0] / "mlflow_run_id").read_text().strip())
+    assert any(
+        f"{mlflow_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in a.data for a in summaries
+    )
+
+    # MLflow, through the server the script started (the worker logs there, not to the database file)
     assert run.info.status == "FINISHED" and run.data.params["steps"] == "2"
     assert run.data.params["algorithm.name"] == "grpo" and run.data.params["algorithm.clip.eps_high"] == "0.2"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")) == [0, 2]
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    tags = run.data.tags
+    assert tags["mlflow.source.git.commit"] == head.strip() and tags["steer.algorithm"] == "grpo"
+    assert tags["steer.prefect.flow_run_url"].endswith(f"/runs/flow-run/{tags['steer.prefect.flow_run_id']}")
+    assert {d.tags[0].value for d in run.inputs.dataset_inputs} == {"train", "heldout"}
+    assert any(k.startswith("system/") for k in run.data.metrics)
+    import mlflow.transformers
+
+    mlflow.set_tracking_uri(mlflow_url)
+    try:
+        pipe = mlflow.transformers.load_model(tags["steer.model_uri"], dst_path=str(d / "model-download"))
+    finally:
+        mlflow.set_tracking_uri(None)
+    generated = pipe("3+4=", max_new_tokens=4, do_sample=False)[0]["generated_text"]
+    assert generated.startswith("3+4=") and len(generated) > len("3+4=")
 
 
 def test_stop_ends_every_process_it_started(service):
     env, d = service
-    pids = [int(p.read_text()) for p in (d / "svc").glob("*.pid")]
-    assert len(pids) == 3
+    pids = [int(p.read_text()) for p in [*(d / "svc").glob("*.pid"), d / "prefect-home" / "server.pid"]]
+    assert len(pids) == 3  # worker and MLflow (this script's pid files), the server (Prefect's own)
     subprocess.run([str(SCRIPT), "stop"], env=env, check=True, timeout=120, capture_output=True)
     assert not [pid for pid in pids if alive(pid)]
-    assert not list((d / "svc").glob("*.pid"))
+    assert not list((d / "svc").glob("*.pid")) and not (d / "prefect-home" / "server.pid").exists()
     for port in (env["PREFECT_PORT"], env["MLFLOW_PORT"]):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", int(port))) != 0
+
+
+@pytest.mark.unit
+def test_the_failure_automation_validates_and_watches_failed_and_crashed_steer_runs():
+    """deployments/automations.yaml is what `prefect automation create --from-file` accepts once the placeholder
+    block id is replaced (docs/service.md)."""
+    from prefect.events.schemas.automations import AutomationCore
+
+    spec = yaml.safe_load((ROOT / "deployments" / "automations.yaml").read_text())
+    (automation,) = [AutomationCore.model_validate(a) for a in spec["automations"]]
+    assert set(automation.trigger.expect) == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
+    assert automation.trigger.match_related.root == {
+        "prefect.resource.role": "tag",
+        "prefect.resource.id": "prefect.tag.steer",
+    }
+    assert [a.type for a in automation.actions] == ["send-notification"]
+
+
+@pytest.mark.unit
+def test_every_training_deployment_queues_behind_one_running_training():
+    spec = yaml.safe_load(DEPLOYMENTS.read_text())
+    limited = {d["name"] for d in spec["deployments"] if d.get("concurrency_limit")}
+    assert limited == DEPLOYMENT_NAMES - {"evaluate"}
+    assert {str(d["concurrency_limit"]) for d in spec["deployments"] if d.get("concurrency_limit")} == {
+        str({"limit": 1, "collision_strategy": "ENQUEUE"})
+    }
