@@ -19,7 +19,7 @@ from steer.config import RunConfig, load_config, preset_names
 from steer.diagnostics import logp_mismatch, rollout_metrics
 from steer.rollout_store import remove_steps_after
 from steer.runtime import DataOrder, derive_seed, open_runtime, resolve_device
-from steer.tracking import closing_run
+from steer.tracking import closing_run, with_aliases
 from steer.verifiers import VERIFIERS
 from tasks.data import prepare_data, prepare_policy, read_problems
 from tasks.evaluate import evaluate_policy
@@ -167,7 +167,7 @@ def train(config: RunConfig) -> dict:
                 "timing/persist": t4 - t3,
             }
             metrics["timing/step"] = time.perf_counter() - t0
-            log_metrics(tracker, metrics, step)
+            log_metrics(tracker, with_aliases(metrics), step)  # + verl's spelling of the same metrics
             done = step + 1
             if _due(done, config.eval.every, config.steps):
                 evaluate(done)

@@ -3,8 +3,8 @@
 Runs the real command line in-process (``steer train --preset tiny --steps 5 --algorithm A --output-dir D``), then
 hashes
 
-- ``metrics``: every MLflow metric of the run except ``timing/*``, ``perf/*`` and ``system/*`` (wall-clock, load), one hash per key over
-  its history, each point as ``step value`` with the value's exact float (``float.hex``);
+- ``metrics``: every MLflow metric of the run except ``timing/*``, ``perf/*`` and ``system/*`` (wall-clock, load),
+  one hash per key over its history, each point as ``step value`` with the value's exact float (``float.hex``);
 - ``weights``: the last checkpoint's safetensors tensors in sorted name order (name, dtype, shape, raw bytes).
 
     python scripts/golden_hashes.py                    # the tiny preset as is (B=32, G=8): minutes per algorithm

@@ -103,6 +103,21 @@ def sanitize_metric_name(name: str) -> str:
     return re.sub(r"[^a-z0-9_/.\-]+", "_", name.lower()).strip("_") or "_"
 
 
+METRIC_ALIASES: dict[str, str] = {
+    "actor/clipfrac": "actor/pg_clipfrac",
+    "actor/clipfrac_lower": "actor/pg_clipfrac_lower",
+}
+"""Our metric -> the name verl logs for the same quantity, where the two differ only in spelling; both are logged, so
+dashboards and queries written for verl find it (docs/metrics.md maps the names that differ more)."""
+
+
+def with_aliases(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """``metrics`` plus each ``METRIC_ALIASES`` alias of a metric it holds (same value)."""
+    out = dict(metrics)
+    out.update({alias: metrics[name] for name, alias in METRIC_ALIASES.items() if name in metrics})
+    return out
+
+
 def check_metric_names(names: Mapping[str, Any] | list[str]) -> None:
     """Raise a ValueError listing every name that is not ``[a-z0-9_/.-]+`` (or is too long), with a fix for each."""
     bad = [n for n in names if not (isinstance(n, str) and METRIC_NAME.fullmatch(n) and len(n) <= MAX_NAME_LENGTH)]

@@ -61,7 +61,8 @@ def test_run_summaries_and_table():
     m = synthetic_metrics()
     runs = run_summaries(m).set_index("run_id")
     r = runs.loc["steer_0.7-1"]  # a = 1, seed = 1: accuracy 0.65 - 0.01 step; H from 0.91 to 0.61
-    assert r.final_accuracy == pytest.approx(0.61) and r.best_accuracy == pytest.approx(0.65)
+    assert r.start_accuracy == pytest.approx(0.65) and r.final_accuracy == pytest.approx(0.61)
+    assert r.best_accuracy == pytest.approx(0.63)  # over the trained steps 2 and 4: the start (0.65) is not one
     assert r.final_entropy == pytest.approx(0.61) and r.entropy_drop_pct == pytest.approx(100 * 0.3 / 0.91)
 
     table = summary_table(m, ["steer_0.7", "grpo"])
@@ -70,8 +71,9 @@ def test_run_summaries_and_table():
     assert grpo.final_accuracy_mean == pytest.approx(0.485)  # seeds: 0.46, 0.51
     assert grpo.final_accuracy_ci95 == pytest.approx(12.706204736174698 * 0.05 / 2)  # t_{0.975,1} (0.05/sqrt 2)/sqrt 2
     md = table_markdown(table)
-    assert md.splitlines()[0] == "| arm | seeds | final accuracy | best accuracy | final entropy | entropy drop % |"
-    assert "| grpo | 2 | 0.485 ± 0.318 |" in md
+    header = "| arm | seeds | start accuracy | final accuracy | best accuracy | final entropy | entropy drop % |"
+    assert md.splitlines()[0] == header
+    assert "| grpo | 2 | 0.525 ± 0.318 | 0.485 ± 0.318 |" in md  # start: seeds 0.50, 0.55
     assert len([x for x in md.splitlines() if x.startswith("|")]) == 2 + 2  # header, rule, one row per arm
 
 

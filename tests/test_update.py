@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from steer.algorithms import ALGORITHMS, AlgorithmConfig, get_algorithm
-from steer.config import ConfigError, load_config
 from steer.batch import build_policy_batch
+from steer.config import ConfigError, load_config
 from steer.objective import build_objective
 from steer.scoring import forward_logprobs, score_batch
 from steer.update import policy_update

@@ -5,7 +5,9 @@ Per run (``run_summaries``), from the metric history:
 | column | definition |
 | --- | --- |
 | ``final_accuracy`` | ``eval/accuracy`` at the run's last evaluation |
-| ``best_accuracy`` | the highest ``eval/accuracy`` over all evaluations, the starting policy's (step 0) included |
+| ``start_accuracy`` | ``eval/accuracy`` of the starting policy (step 0), before any update |
+| ``best_accuracy`` | the highest ``eval/accuracy`` of a trained policy (step > 0); the start is its own column, so
+an arm that only loses accuracy does not report the untrained policy's as its best |
 | ``final_entropy`` | mean ``rollout/entropy`` over the last ``ENTROPY_WINDOW`` of the steps (at least one step) |
 | ``entropy_drop_pct`` | ``100 (H_first - H_last) / H_first``, each the mean ``rollout/entropy`` over the first or last
 ``ENTROPY_WINDOW`` of the steps (negative: the entropy rose) |
@@ -30,6 +32,7 @@ from scipy import stats
 from steer.rollout_store import read_rollouts
 
 COLUMNS: dict[str, str] = {
+    "start_accuracy": "start accuracy",
     "final_accuracy": "final accuracy",
     "best_accuracy": "best accuracy",
     "final_entropy": "final entropy",
@@ -64,6 +67,7 @@ def run_summaries(metrics: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (arm, seed, run_id), run in metrics.groupby(["arm", "seed", "run_id"], sort=False):
         acc, ent = _series(run, ACCURACY), _series(run, ENTROPY)
+        trained = acc[acc.index > 0]
         w = max(1, round(ENTROPY_WINDOW * len(ent)))
         first, last = (ent.iloc[:w].mean(), ent.iloc[-w:].mean()) if len(ent) else (math.nan, math.nan)
         rows.append(
@@ -71,8 +75,9 @@ def run_summaries(metrics: pd.DataFrame) -> pd.DataFrame:
                 arm=arm,
                 seed=int(seed),
                 run_id=run_id,
+                start_accuracy=acc.loc[0] if 0 in acc.index else math.nan,
                 final_accuracy=acc.iloc[-1] if len(acc) else math.nan,
-                best_accuracy=acc.max() if len(acc) else math.nan,
+                best_accuracy=trained.max() if len(trained) else math.nan,
                 final_entropy=last,
                 entropy_drop_pct=100 * (first - last) / first if first else math.nan,
             )
