@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -116,6 +117,33 @@ def tracking_uri_env(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+@contextmanager
+def fluent_store(uri: str, experiment_id: str | None = None) -> Iterator[None]:
+    """Point MLflow's fluent API (``mlflow.transformers.log_model``, ``mlflow.artifacts``, ``models:/`` resolution) at
+    ``uri`` (and ``experiment_id``) for the block, then put back exactly what was there: the module-level tracking
+    and registry URIs and the ``MLFLOW_*`` variables that ``mlflow.set_tracking_uri`` also writes, which other runs
+    in this process read (an ablation's children, the evaluation flow)."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+    env = {k: os.environ.get(k) for k in keys}
+    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+    tracking_utils._tracking_uri, registry_utils._registry_uri = uri, uri
+    os.environ["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_REGISTRY_URI"] = uri
+    if experiment_id is not None:
+        os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def git_commit(path: str | os.PathLike | None = None) -> tuple[str | None, bool]:
     """The commit of the checkout holding ``path`` (default: this package) and whether its tree has local changes;
     (None, False) outside a git checkout or without git."""
@@ -157,24 +185,28 @@ def run_tags(config: Any, prefect_flow_run_id: str | None, prefect_flow_run_url:
     return {k: str(v) for k, v in tags.items()}
 
 
-def mlflow_policy_folder(uri: str) -> str:
+def mlflow_policy_folder(uri: str, tracking_uri: str | None = None) -> str:
     """A Hugging Face folder (model and tokenizer) for an MLflow URI. A logged transformers model (``models:/<id>``
     as in the run tag ``steer.model_uri``, or ``models:/<registered name>/<version>``) is loaded with its flavour and
-    saved as one folder beside the download; any other artifact folder (a checkpoint logged with
-    ``tracking.log_checkpoints``) is returned as downloaded."""
+    saved as one folder beside the download (a fresh folder under ``STEER_CACHE_DIR``); any other artifact folder (a
+    checkpoint logged with ``tracking.log_checkpoints``) is returned as downloaded."""
     import mlflow
     import mlflow.transformers
 
-    local = Path(with_retries(lambda: mlflow.artifacts.download_artifacts(uri)))
+    from steer.runtime import cache_dir
+
+    downloads = cache_dir() / "mlflow-downloads"  # never inside the store: a local store would hand out its own folder
+    downloads.mkdir(parents=True, exist_ok=True)
+    dst = Path(tempfile.mkdtemp(prefix="model-", dir=downloads))
+    store = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    with fluent_store(store):  # models:/ names resolve through the module's registry URI, not an argument
+        local = Path(with_retries(lambda: mlflow.artifacts.download_artifacts(uri, dst_path=str(dst))))
     if not (local / "MLmodel").exists():
         return str(local)
-    folder = local / "hf-policy"
-    if not (folder / "config.json").exists():
-        parts = mlflow.transformers.load_model(str(local), return_type="components")
-        tmp = local / "hf-policy.tmp"
-        parts["model"].save_pretrained(tmp)
-        parts["tokenizer"].save_pretrained(tmp)
-        os.replace(tmp, folder)
+    parts = mlflow.transformers.load_model(str(local), return_type="components")
+    folder = dst / "hf-policy"
+    parts["model"].save_pretrained(folder)
+    parts["tokenizer"].save_pretrained(folder)
     return str(folder)
 
 
@@ -329,32 +361,25 @@ class MlflowTracker:
         import transformers
 
         requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
-        before = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_EXPERIMENT_ID")
-        # the flavour logs through the fluent API: this store, and this run's experiment (with its artifact location;
-        # MLflow's default experiment would put the model under ./mlruns of the working directory)
-        mlflow.set_tracking_uri(self.tracking_uri)
-        os.environ["MLFLOW_EXPERIMENT_ID"] = self.experiment_id
+        # the flavour logs through the fluent API: this store, and this run's experiment (with its artifact location:
+        # MLflow's default experiment would put the model under ./mlruns of the working folder)
         flavour_log = logging.getLogger("mlflow.transformers")
         level = flavour_log.level
         flavour_log.setLevel(logging.ERROR)  # no hub here: its "model card / license not found" warnings are noise
         try:
-            info = self._call(
-                lambda: mlflow.transformers.log_model(
-                    {"model": model, "tokenizer": tokenizer},
-                    name=MODEL_NAME,
-                    task="text-generation",
-                    run_id=self._run_id,
-                    step=step,
-                    registered_model_name=registered_name,
-                    pip_requirements=requirements,
+            with fluent_store(self.tracking_uri, self.experiment_id):
+                info = self._call(
+                    lambda: mlflow.transformers.log_model(
+                        {"model": model, "tokenizer": tokenizer},
+                        name=MODEL_NAME,
+                        task="text-generation",
+                        run_id=self._run_id,
+                        step=step,
+                        registered_model_name=registered_name,
+                        pip_requirements=requirements,
+                    )
                 )
-            )
         finally:
-            mlflow.set_tracking_uri(before[0])
-            if before[1] is None:
-                os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-            else:
-                os.environ["MLFLOW_EXPERIMENT_ID"] = before[1]
             flavour_log.setLevel(level)
         self.set_tags({"steer.model_uri": info.model_uri})
         return info.model_uri

@@ -209,3 +209,25 @@ def test_closing_run_records_how_the_run_ended(error, status):
     except BaseException as e:  # noqa: BLE001  (the block's own error, re-raised by closing_run)
         assert isinstance(e, error)
     assert rec.statuses == [status]
+
+
+def test_log_model_registers_a_version_that_loads_as_a_hugging_face_folder(output_dir, small_policy):
+    """``tracking.registered_model_name``: the logged policy becomes version 1 of a registered model, and
+    ``models:/<name>/1`` resolves to a folder ``load_policy`` (and so ``steer eval``) reads with the same weights."""
+    from steer.models.loading import load_policy
+    from tasks.tracking import mlflow_policy_folder
+
+    model, tokenizer = load_policy(small_policy)
+    tracker = MlflowTracker(output_dir, experiment="models")
+    uri = tracker.log_model(model, tokenizer, step=3, registered_name="steer-policy")
+    client = MlflowClient(tracking_uri=tracker.tracking_uri)
+    (version,) = client.search_model_versions("name='steer-policy'")
+    assert int(version.version) == 1 and version.run_id == tracker.run_id
+    assert tracker.logged_model_uri() == uri
+    stored = client.get_logged_model(uri.removeprefix("models:/")).artifact_location  # the run's experiment's place
+    assert stored.startswith((output_dir / "mlartifacts").resolve().as_uri()), stored
+    folder = mlflow_policy_folder("models:/steer-policy/1", tracking_uri=tracker.tracking_uri)
+    assert not Path(folder).resolve().is_relative_to(output_dir.resolve())  # a copy: the store is left as it was
+    again, _ = load_policy(folder)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    tracker.close()

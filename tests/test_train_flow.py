@@ -122,16 +122,15 @@ def test_mlflow_holds_the_policy_as_a_model_the_datasets_and_system_metrics(fini
     the run's dataset inputs with digests; system/* metrics were sampled; the experiment opens on runs."""
     import mlflow.transformers
 
+    from tasks.tracking import fluent_store
+
     out, summary = finished_run
     uri = f"sqlite:///{out / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert summary["model_uri"] == run.data.tags["steer.model_uri"] and summary["model_uri"].startswith("models:/")
-    mlflow.set_tracking_uri(uri)
-    try:
+    with fluent_store(uri):
         pipe = mlflow.transformers.load_model(summary["model_uri"])
-    finally:
-        mlflow.set_tracking_uri(None)
     generated = pipe("3+4=", max_new_tokens=4, do_sample=False)[0]["generated_text"]
     assert generated.startswith("3+4=") and len(generated) > len("3+4=")
     inputs = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
