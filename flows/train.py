@@ -132,6 +132,7 @@ def train(config: RunConfig) -> dict:
                 ),
                 **result.metrics,
                 **logp_mismatch(rollout.sampling_logp, batch.old_logp, batch.response_mask),
+                "reward/verifier_errors": float(scores["verifier_errors"]),
                 "rollout/entropy": float((batch.old_entropy * batch.response_mask).sum() / batch.response_mask.sum()),
                 "timing/rollout": t1 - t0,
                 "timing/score": t2 - t1,

@@ -78,6 +78,8 @@ def test_mlflow_has_params_and_namespaced_metrics_per_step(finished_run):
         "steer/quadrant/pos_high/share",
     ):
         assert sorted(metric_history(out, key)) == [0, 1, 2], key
+    assert metric_history(out, "reward/verifier_errors") == {0: 0.0, 1: 0.0, 2: 0.0}  # surfaced every step
+    assert metric_history(out, "eval/verifier_errors") == {0: 0.0, 2: 0.0, 3: 0.0}
     assert sorted(metric_history(out, "eval/accuracy")) == [0, 2, 3]
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     params = client.get_run(summary["mlflow_run_id"]).data.params
