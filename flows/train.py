@@ -73,6 +73,8 @@ def train(config: RunConfig) -> dict:
         tracker = stack.enter_context(closing_run(MlflowTracker(out, experiment=config.experiment, run_name=run_name)))
         if not tracker.resumed:
             tracker.log_params(config.model_dump(mode="json"))
+        elif rt.resume.safe:  # safe changes on resume (steps, eval cadence): a new param version, from this step
+            tracker.log_params(rt.resume.params(rt.start_step))
         data = DataOrder(train_set, config.rollout.prompts_per_step, config.seed)
         instruction = config.data.instruction
 

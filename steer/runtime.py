@@ -18,6 +18,7 @@ from steer.checkpoint import latest_checkpoint, load_checkpoint
 from steer.config import RunConfig
 from steer.data import Problem
 from steer.objective import Objective, build_objective
+from steer.resume import ResumeCheck, check_resume_dir
 from steer.rollout.base import RolloutEngine, make_rollout_engine
 
 
@@ -72,6 +73,7 @@ class Runtime:
     start_step: int = 0
     extra: dict = field(default_factory=dict)
     objective: Objective | None = None  # the algorithm's loss, built once (open_runtime)
+    resume: ResumeCheck = field(default_factory=ResumeCheck)  # safe config changes against the checkpoint's
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -82,8 +84,12 @@ class Runtime:
 
 
 def open_runtime(config: RunConfig, policy_path: str) -> Runtime:
-    """Load the policy, build the optimizer and engine, and restore the latest checkpoint of ``output_dir`` if any."""
+    """Load the policy, build the optimizer and engine, and restore the latest checkpoint of ``output_dir`` if any.
+
+    A config that changes what the checkpoint's run computes is refused first (``steer.resume``)."""
     from steer.models.loading import load_policy
+
+    resume = check_resume_dir(config)
 
     if config.model.num_threads:
         torch.set_num_threads(config.model.num_threads)
@@ -101,4 +107,4 @@ def open_runtime(config: RunConfig, policy_path: str) -> Runtime:
         start, extra = load_checkpoint(ckpt, model, optimizer, {})
     engine = make_rollout_engine(config.rollout.backend, model=model, tokenizer=tokenizer)
     objective = build_objective(config.algorithm)
-    return Runtime(config, model, tokenizer, optimizer, engine, device, start, extra, objective)
+    return Runtime(config, model, tokenizer, optimizer, engine, device, start, extra, objective, resume)

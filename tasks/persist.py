@@ -70,7 +70,7 @@ def checkpoint(rt: Runtime, step: int, tracker: Tracker, log_artifact: bool = Fa
         rt.model,
         rt.tokenizer,
         rt.optimizer,
-        extra=rt.extra,
+        extra={**rt.extra, "config": rt.config.model_dump(mode="json"), "config_version": rt.resume.version},
         keep_last=rt.config.keep_checkpoints,
     )
     if log_artifact:

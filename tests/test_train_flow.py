@@ -242,3 +242,22 @@ def test_smollm2_preset_trains_on_cpu(prefect_harness, tmp_path):
     assert read_rollouts(out / "rollouts").num_rows == 16
     assert summary["heldout_accuracy_before"] is not None
     assert AutoModelForCausalLM.from_pretrained(latest_checkpoint(out / "checkpoints")).config.model_type == "llama"
+
+
+def test_a_resume_that_changes_the_algorithm_is_refused_and_a_safe_change_is_a_new_param_version(
+    finished_run, tmp_path
+):
+    from steer.resume import ResumeConfigError
+
+    out, _ = finished_run
+    run = tmp_path / "changed"
+    shutil.copytree(out, run)
+    changed = load_config("tiny", {**SMALL, "output_dir": str(run), "seed": 7}, algorithm="grpo")
+    with pytest.raises(ResumeConfigError, match=r"algorithm\.name: 'steer' -> 'grpo'.*seed: '0' -> '7'"):
+        train(changed)
+    assert finished_steps(run / "rollouts") == [0, 1, 2]  # nothing finished was lost
+    summary = train(small_config(run, steps=4, eval={**SMALL["eval"], "every": 4}))  # one more step: safe
+    assert summary["resumed_from"] == 3 and finished_steps(run / "rollouts") == [0, 1, 2, 3]
+    params = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}").get_run(summary["mlflow_run_id"]).data.params
+    assert params["steps"] == "3" and params["eval.every"] == "2"  # the first version stands
+    assert (params["config_v2.steps"], params["config_v2.eval.every"], params["config_v2.from_step"]) == ("4", "4", "3")
