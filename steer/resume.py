@@ -93,9 +93,9 @@ def check_resume(saved: dict[str, Any] | None, config: RunConfig, where: str, ve
     return ResumeCheck(safe=diff, version=version + 1 if diff else version)
 
 
-def check_resume_dir(config: RunConfig) -> ResumeCheck:
-    """``check_resume`` against the latest checkpoint of ``config.output_dir``, if any (before anything loads)."""
-    ckpt = latest_checkpoint(Path(config.output_dir) / "checkpoints")
+def check_resume_dir(config: RunConfig, ckpt: Path | None = None) -> ResumeCheck:
+    """``check_resume`` against checkpoint ``ckpt``, by default the latest of ``config.output_dir``, if any."""
+    ckpt = ckpt or latest_checkpoint(Path(config.output_dir) / "checkpoints")
     if ckpt is None:
         return ResumeCheck()
     extra = json.loads((ckpt / MANIFEST).read_text()).get("extra", {})

@@ -261,3 +261,18 @@ def test_a_resume_that_changes_the_algorithm_is_refused_and_a_safe_change_is_a_n
     params = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}").get_run(summary["mlflow_run_id"]).data.params
     assert params["steps"] == "3" and params["eval.every"] == "2"  # the first version stands
     assert (params["config_v2.steps"], params["config_v2.eval.every"], params["config_v2.from_step"]) == ("4", "4", "3")
+
+
+def test_a_same_size_corrupted_checkpoint_is_detected_and_the_run_resumes_from_the_previous_one(finished_run, tmp_path):
+    out, _ = finished_run
+    run = tmp_path / "corrupt"
+    shutil.copytree(out, run)
+    weights = latest_checkpoint(run / "checkpoints") / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # same size, other weights
+    weights.write_bytes(bytes(data))
+    summary = train(small_config(run))
+    assert summary["resumed_from"] == 2  # step-000003 was damaged: step 2 is redone from step-000002
+    a, b = (read_rollouts(d / "rollouts").drop(["run_id"]) for d in (run, out))
+    assert a.equals(b)
+    assert metric_history(run, "eval/accuracy") == metric_history(out, "eval/accuracy")
