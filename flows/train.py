@@ -21,7 +21,7 @@ from steer.rollout_store import remove_steps_after
 from steer.runtime import DataOrder, derive_seed, open_runtime
 from steer.tracking import closing_run
 from steer.verifiers import VERIFIERS
-from tasks.data import prepare_data, prepare_policy, read_problems
+from tasks.data import fit_context, prepare_data, prepare_policy, read_problems
 from tasks.evaluate import evaluate_policy
 from tasks.persist import checkpoint, log_metrics, write_rollouts
 from tasks.rl import generate_rollouts, score_rollouts, sync_weights, update_policy
@@ -67,6 +67,7 @@ def train(config: RunConfig) -> dict:
         # 2. live objects: model, optimizer, engine (restored from the last checkpoint), verifier, tracker
         rt = open_runtime(config, policy_path)
         stack.callback(rt.close)
+        train_set, heldout = fit_context(train_set, rt, "train"), fit_context(heldout, rt, "heldout")
         remove_steps_after(out / "rollouts", rt.start_step - 1)  # steps past the checkpoint are redone
         scorer = stack.enter_context(VERIFIERS.get(config.verifier)())
         run_name = f"{config.algorithm.name}-s{config.seed}"

@@ -115,10 +115,15 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _batch_arithmetic(self) -> RunConfig:
+        from steer.rollout.base import ROLLOUT_BACKENDS
         from steer.verifiers import VERIFIERS
 
         if self.verifier not in VERIFIERS:
             raise ValueError(f"verifier={self.verifier!r} is not one of: {', '.join(VERIFIERS.names())}")
+        if self.rollout.backend not in ROLLOUT_BACKENDS:
+            raise ValueError(
+                f"rollout.backend={self.rollout.backend!r} is not one of: {', '.join(ROLLOUT_BACKENDS.names())}"
+            )
         b, g = self.rollout.prompts_per_step, self.rollout.samples_per_prompt
         mini = self.optim.mini_batch_prompts
         if b % mini:

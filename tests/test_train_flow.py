@@ -276,3 +276,32 @@ def test_a_same_size_corrupted_checkpoint_is_detected_and_the_run_resumes_from_t
     a, b = (read_rollouts(d / "rollouts").drop(["run_id"]) for d in (run, out))
     assert a.equals(b)
     assert metric_history(run, "eval/accuracy") == metric_history(out, "eval/accuracy")
+
+
+def test_bad_data_rows_are_counted_with_row_numbers_and_a_data_error_is_not_retried(prefect_harness, tmp_path):
+    import json
+
+    from prefect.client.orchestration import get_client
+
+    from steer.config import DataConfig
+    from tasks.data import prepare_data
+
+    good = [{"prompt": f"Calculate {a} + 1.", "answer": str(a + 1)} for a in range(10)]
+    bad = [{"prompt": "", "answer": "1"}, {"prompt": "Calculate 2 + 2.", "answer": None}]
+    overlong = [{"prompt": "Calculate " + "1 + " * 80 + "1.", "answer": "81"}] * 4  # > 256 tokens of tiny context
+    rows = good[:4] + bad + good[4:] + overlong  # heldout: the first 4 usable rows; train: 6 good + 4 overlong
+    source = tmp_path / "mixed.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "mixed"
+    data = {"source": str(source), "heldout_size": 4}
+    train(small_config(run, steps=1, data=data, eval={**SMALL["eval"], "every": 0}))
+    report = json.loads((run / "data" / "bad_rows.json").read_text())
+    assert report["skipped"] == 2 and report["rows"] == {"empty prompt": [4], "missing answer": [5]}
+    prompts = read_rollouts(run / "rollouts", columns=["prompt", "answer"]).to_pydict()
+    assert "None" not in prompts["answer"] and all("1 + 1 + 1" not in p for p in prompts["prompt"])  # none trained on
+
+    source.write_text(json.dumps({"prompt": "x", "answer": None}) + "\n")
+    state = prepare_data(DataConfig(source=str(source)), str(tmp_path / "refused"), return_state=True)
+    assert state.is_failed() and "no usable rows left" in str(state.result(raise_on_failure=False))
+    with get_client(sync_client=True) as client:
+        assert client.read_task_run(state.state_details.task_run_id).run_count == 1  # a data error: no retries
