@@ -23,7 +23,7 @@ from steer.tracking import closing_run
 from steer.verifiers import VERIFIERS
 from tasks.data import fit_context, prepare_data, prepare_policy, read_problems
 from tasks.evaluate import evaluate_policy
-from tasks.persist import checkpoint, log_metrics, write_rollouts
+from tasks.persist import checkpoint, log_final_checkpoint, log_metrics, write_rollouts
 from tasks.rl import generate_rollouts, score_rollouts, sync_weights, update_policy
 from tasks.tracking import MlflowTracker
 
@@ -150,13 +150,16 @@ def train(config: RunConfig) -> dict:
             # the checkpoint comes last: everything of the steps before it is persisted when it appears
             if _due(done, config.checkpoint_every, config.steps):
                 rt.extra = {"evals": evals}
-                checkpoint(rt, done, tracker, log_artifact=done == config.steps)
+                checkpoint(rt, done)
             progress.update(
                 bar,
                 advance=1,
                 description=f"reward {metrics['reward/mean']:+.3f}  acc {metrics['reward/accuracy']:.3f}  "
                 f"entropy {metrics['rollout/entropy']:.3f}",
             )
+
+        # 5. the final checkpoint to MLflow, also when a kill came between its save and its upload
+        log_final_checkpoint(str(out), config.steps, tracker)
 
         first, last = evals.get(0, {}), evals[max(evals)] if evals else {}
         # from the run's history: after a resume, this process saw only the steps since the checkpoint

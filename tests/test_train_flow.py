@@ -305,3 +305,24 @@ def test_bad_data_rows_are_counted_with_row_numbers_and_a_data_error_is_not_retr
     assert state.is_failed() and "no usable rows left" in str(state.result(raise_on_failure=False))
     with get_client(sync_client=True) as client:
         assert client.read_task_run(state.state_details.task_run_id).run_count == 1  # a data error: no retries
+
+
+def test_a_kill_between_the_final_checkpoint_and_its_artifact_is_completed_on_rerun(
+    prefect_harness, small_policy, tmp_path
+):
+    from urllib.parse import urlparse
+
+    run = tmp_path / "artifact"
+    train(small_config(run, steps=1, eval={**SMALL["eval"], "every": 0}))
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    run_id = (run / "mlflow_run_id").read_text().strip()
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/step-000001"]
+    # what a kill right after the final checkpoint's rename leaves: the checkpoint, no upload, a RUNNING run
+    shutil.rmtree(Path(urlparse(client.get_run(run_id).info.artifact_uri).path) / "checkpoint")
+    (run / "final_checkpoint_logged").unlink()
+    client.set_terminated(run_id, status="RUNNING")
+    summary = train(small_config(run, steps=1, eval={**SMALL["eval"], "every": 0}))
+    assert summary["resumed_from"] == 1 and summary["mlflow_run_id"] == run_id
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/step-000001"]
+    files = {a.path for a in client.list_artifacts(run_id, "checkpoint/step-000001")}
+    assert "checkpoint/step-000001/model.safetensors" in files and client.get_run(run_id).info.status == "FINISHED"
