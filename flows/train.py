@@ -25,6 +25,7 @@ from tasks.data import fit_context, prepare_data, prepare_policy, read_problems
 from tasks.evaluate import evaluate_policy
 from tasks.persist import checkpoint, log_final_checkpoint, log_metrics, write_rollouts
 from tasks.rl import generate_rollouts, score_rollouts, sync_weights, update_policy
+from tasks.runs import claim_output_dir
 from tasks.tracking import MlflowTracker
 
 AlgorithmName = Literal[tuple(ALGORITHMS.names())]  # a drop-down in the Prefect UI
@@ -58,6 +59,7 @@ def train(config: RunConfig) -> dict:
     """Train ``config.model`` with ``config.algorithm`` for ``config.steps`` RL steps; resumes from the last
     checkpoint in ``config.output_dir``. Returns a summary (held-out accuracy and entropy, where things are)."""
     out = Path(config.output_dir)
+    claim_output_dir(out)  # a flow run a kill left RUNNING in this folder is marked CRASHED
     with ExitStack() as stack:
         # 1. data and the initial policy (both cached: a rerun or resume reuses them)
         paths = prepare_data(config.data, str(out))

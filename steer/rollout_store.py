@@ -195,14 +195,18 @@ def read_rollouts(directory: str | os.PathLike, columns: Sequence[str] | None = 
 
 
 def remove_steps_after(directory: str | os.PathLike, step: int) -> list[int]:
-    """Delete the files of steps > ``step`` and return those steps.
+    """Delete the files of steps > ``step`` and return those steps; also the temp files of killed writes.
 
     For a resume from the checkpoint of ``step``: the steps written after it belong to the interrupted run and are
-    redone, and a resumed run configured with fewer steps must not keep them.
+    redone, and a resumed run configured with fewer steps must not keep them. A ``.step=*.parquet.*.tmp`` file is
+    what a kill between a write and its rename leaves; nothing reads it, and the resume removes it.
     """
     removed = [s for s in finished_steps(directory) if s > step]
     for s in removed:
         step_path(directory, s).unlink()
-    if removed:
+    stale = list(Path(directory).glob(".step=*.parquet.*.tmp")) if Path(directory).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if removed or stale:
         fsync_path(Path(directory))
     return removed

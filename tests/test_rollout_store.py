@@ -181,8 +181,10 @@ def test_write_rejects_foreign_schema_and_wrong_step(tmp_path):
 def test_remove_steps_after(tmp_path):
     for step in range(4):
         write_step(tmp_path, step, rollout_table(**make_inputs(step, [1, 1], g=2, t=1)))
+    stale = tmp_path / ".step=000002.parquet.k3j9x.tmp"  # a kill between a temp write and its rename
+    stale.write_bytes(b"partial")
     assert remove_steps_after(tmp_path, 1) == [2, 3]
-    assert finished_steps(tmp_path) == [0, 1]
+    assert finished_steps(tmp_path) == [0, 1] and not stale.exists()
 
 
 def _code_blocks(lang: str) -> list[str]:

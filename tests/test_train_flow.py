@@ -13,6 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from policies import SMALL_POLICY
+from prefect.client.orchestration import get_client
 from transformers import AutoModelForCausalLM
 
 from flows.train import train
@@ -215,8 +216,13 @@ def test_resume_after_a_kill_matches_an_unbroken_run(finished_run, tmp_path):
     assert latest_checkpoint(run / "checkpoints") is not None, proc.stderr.read().decode()[-2000:]
     done = finished_steps(run / "rollouts")
     assert done != [0, 1, 2], "the kill came too late to test a resume"
+    killed = (run / "prefect_flow_run_id").read_text().strip()
+    (run / "rollouts" / ".step=000002.parquet.x1y2.tmp").write_bytes(b"partial")  # a kill mid-write leaves this
     subprocess.run(_cli(run, 3, env), cwd=ROOT, env=env, check=True, capture_output=True)
-    assert finished_steps(run / "rollouts") == [0, 1, 2]
+    assert finished_steps(run / "rollouts") == [0, 1, 2] and not list((run / "rollouts").glob(".*.tmp"))
+    with get_client(sync_client=True) as client:  # the killed run could not report: the resume marked it
+        state = client.read_flow_run(killed).state
+    assert state.type.value == "CRASHED" and "killed" in state.message
     a = read_rollouts(run / "rollouts").drop(["run_id"])
     b = read_rollouts(out / "rollouts").drop(["run_id"])
     assert a.num_rows == b.num_rows == 48 and a.equals(b)  # nothing lost or duplicated, same samples
@@ -326,3 +332,41 @@ def test_a_kill_between_the_final_checkpoint_and_its_artifact_is_completed_on_re
     assert [a.path for a in client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/step-000001"]
     files = {a.path for a in client.list_artifacts(run_id, "checkpoint/step-000001")}
     assert "checkpoint/step-000001/model.safetensors" in files and client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_sigterm_stops_every_child_and_both_stores_say_how_the_run_ended(small_policy, tmp_path):
+    """``kill PID`` on ``steer train`` with its own ephemeral Prefect API: no process outlives it (the API server,
+    the verifier's workers), Prefect's database says CRASHED, MLflow says KILLED."""
+    import sqlite3
+
+    run = tmp_path / "terminated"
+    db = tmp_path / "prefect.db"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{db}"
+    proc = subprocess.Popen(
+        _cli(run, 50, env), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.time() + 400
+    while latest_checkpoint(run / "checkpoints") is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGTERM)  # the process only, as `kill PID` does: not its group
+    try:
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        time.sleep(1)
+        left = subprocess.run(["ps", "-o", "pid=,cmd=", "-s", str(proc.pid)], capture_output=True, text=True).stdout
+        assert left.strip() == "", left
+    finally:
+        if _session_alive(proc.pid):  # a failed check must not leave the processes behind
+            os.killpg(proc.pid, signal.SIGKILL)
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    mlflow_run = client.get_run((run / "mlflow_run_id").read_text().strip())
+    assert mlflow_run.info.status == "KILLED" and "TerminationSignal" in mlflow_run.data.tags["steer.error"]
+    flow_run_id = (run / "prefect_flow_run_id").read_text().strip()
+    with sqlite3.connect(db) as con:
+        (state,) = con.execute("select state_type from flow_run where id = ?", (flow_run_id,)).fetchone()
+    assert state == "CRASHED"
+
+
+def _session_alive(sid: int) -> bool:
+    return bool(subprocess.run(["ps", "-o", "pid=", "-s", str(sid)], capture_output=True, text=True).stdout.strip())
