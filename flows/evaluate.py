@@ -15,19 +15,21 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from steer.benchmarks import BENCHMARKS, load_benchmark
+from steer.checkpoint import MANIFEST, verify_checkpoint
 from steer.models.loading import load_policy, resolve_policy
 from steer.rollout.base import make_rollout_engine
 from steer.runtime import cache_dir, derive_seed, resolve_device
 from steer.tracking import closing_run
 from steer.verifiers import VERIFIERS
+from tasks.data import retry_transient
 from tasks.evaluate import evaluate_policy
-from tasks.tracking import MlflowTracker, mlflow_policy_folder
+from tasks.tracking import RUN_ID_FILE, MlflowTracker, mlflow_policy_folder
 
 EMBEDDED_TEMPLATE = "{problem}"
 """The embedded policy was trained on raw problems; benchmark instructions would be noise to it."""
 
 
-@task(name="resolve-model", retries=2, retry_delay_seconds=[2, 10])
+@task(name="resolve-model", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 def resolve_model(model: str) -> str:
     """A local folder, an MLflow model or artifact (``models:/<model_id>``, ``runs:/<run_id>/policy``, downloaded), an
     embedded name, or a hub id."""
@@ -66,42 +68,49 @@ def evaluate(
         BENCHMARKS.get(name)  # fail before loading anything when a name is wrong
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = resolve_model(model)
-    policy, tokenizer = load_policy(path, dtype=torch.float32, device=resolve_device(device))
-    engine = make_rollout_engine("hf", model=policy, tokenizer=tokenizer)
+    # every evaluation is a new MLflow run: reopening the folder's last one would keep its metrics as already logged
+    # and drop the new ones (the files of the folder are rewritten)
+    (out / RUN_ID_FILE).unlink(missing_ok=True)
     tracker = MlflowTracker(out, experiment="steer-eval", run_name=f"eval-{Path(model).name}")
     tracker.log_params({"model": model, "benchmarks": ",".join(benchmarks), "seed": seed})
     if template is None and model == "tiny":
         template = EMBEDDED_TEMPLATE
     results: dict[str, dict[str, float]] = {}
-    # the MLflow run ends FINISHED, or FAILED (KILLED) when the evaluation raises (is interrupted), and the error
-    # propagates, so the Prefect flow run fails too
-    with closing_run(tracker), closing(engine):
-        for name in benchmarks:
-            spec = BENCHMARKS.get(name)
-            problems = load_benchmark(name, (data_paths or {}).get(name), limit=limit, template=template)
-            n = k or spec.k
-            with VERIFIERS.get(spec.verifier)() as scorer:
-                metrics, rows = evaluate_policy(
-                    engine,
-                    tokenizer,
-                    scorer,
-                    problems,
-                    k=n,
-                    temperature=temperature or spec.temperature,
-                    top_p=top_p or spec.top_p,
-                    max_new_tokens=max_new_tokens,
-                    seed=derive_seed(seed, name, 0),
-                    pass_ks=tuple(j for j in (1, 4, 8, 16, 32) if j <= n),
-                    prefix=f"eval/{name}",
-                )
-            gen_path = out / f"generations-{name}.parquet"
-            pq.write_table(pa.Table.from_pylist(rows), gen_path)
-            tracker.log_metrics(metrics, step=0)
-            tracker.log_artifact(gen_path, artifact_path="generations")
-            results[name] = metrics
-        table = _table(results)
-        (out / "results.md").write_text(table + "\n")
-        tracker.log_artifact(out / "results.md")
-        create_markdown_artifact(table, key="steer-eval-results", description=f"evaluation of {model}")
+    # the MLflow run is open before anything can fail (a bad model path, a damaged checkpoint): it ends FINISHED, or
+    # FAILED (KILLED) with the error as its steer.error tag when the evaluation raises (is interrupted), and the
+    # error propagates, so the Prefect flow run fails too
+    with closing_run(tracker):
+        path = resolve_model(model)
+        if (Path(path) / MANIFEST).is_file():  # a training checkpoint: its files must match their hashes
+            verify_checkpoint(path)
+        policy, tokenizer = load_policy(path, dtype=torch.float32, device=resolve_device(device))
+        engine = make_rollout_engine("hf", model=policy, tokenizer=tokenizer)
+        with closing(engine):
+            for name in benchmarks:
+                spec = BENCHMARKS.get(name)
+                problems = load_benchmark(name, (data_paths or {}).get(name), limit=limit, template=template)
+                n = k or spec.k
+                with VERIFIERS.get(spec.verifier)() as scorer:
+                    metrics, rows = evaluate_policy(
+                        engine,
+                        tokenizer,
+                        scorer,
+                        problems,
+                        k=n,
+                        temperature=temperature or spec.temperature,
+                        top_p=top_p or spec.top_p,
+                        max_new_tokens=max_new_tokens,
+                        seed=derive_seed(seed, name, 0),
+                        pass_ks=tuple(j for j in (1, 4, 8, 16, 32) if j <= n),
+                        prefix=f"eval/{name}",
+                    )
+                gen_path = out / f"generations-{name}.parquet"
+                pq.write_table(pa.Table.from_pylist(rows), gen_path)
+                tracker.log_metrics(metrics, step=0)
+                tracker.log_artifact(gen_path, artifact_path="generations")
+                results[name] = metrics
+            table = _table(results)
+            (out / "results.md").write_text(table + "\n")
+            tracker.log_artifact(out / "results.md")
+            create_markdown_artifact(table, key="steer-eval-results", description=f"evaluation of {model}")
     return results

@@ -21,11 +21,12 @@ from steer.rollout_store import remove_steps_after
 from steer.runtime import DataOrder, derive_seed, open_runtime, resolve_device
 from steer.tracking import closing_run, with_aliases
 from steer.verifiers import VERIFIERS
-from tasks.data import prepare_data, prepare_policy, read_problems
+from tasks.data import fit_context, prepare_data, prepare_policy, read_problems
 from tasks.evaluate import evaluate_policy
-from tasks.persist import checkpoint, log_metrics, log_policy, write_rollouts
+from tasks.persist import checkpoint, log_final_checkpoint, log_metrics, log_policy, write_rollouts
 from tasks.progress import RunProgress, flow_run_link, mlflow_run_url
 from tasks.rl import generate_rollouts, score_rollouts, sync_weights, update_policy
+from tasks.runs import claim_output_dir
 from tasks.slots import training_slot
 from tasks.tracking import MlflowTracker, run_tags
 
@@ -78,6 +79,7 @@ def train(config: RunConfig) -> dict:
     """Train ``config.model`` with ``config.algorithm`` for ``config.steps`` RL steps; resumes from the last
     checkpoint in ``config.output_dir``. Returns a summary (held-out accuracy and entropy, where things are)."""
     out = Path(config.output_dir)
+    claim_output_dir(out)  # a flow run a kill left RUNNING in this folder is marked CRASHED
     with ExitStack() as stack:
         # 0. one training per device kind at a time, where the server sets a limit (scripts/service.sh does)
         stack.enter_context(training_slot(resolve_device(config.model.device).type))
@@ -89,12 +91,15 @@ def train(config: RunConfig) -> dict:
         # 2. live objects: model, optimizer, engine (restored from the last checkpoint), verifier, tracker
         rt = open_runtime(config, policy_path)
         stack.callback(rt.close)
+        train_set, heldout = fit_context(train_set, rt, "train"), fit_context(heldout, rt, "heldout")
         remove_steps_after(out / "rollouts", rt.start_step - 1)  # steps past the checkpoint are redone
         scorer = stack.enter_context(VERIFIERS.get(config.verifier)())
         run_name = f"{config.algorithm.name}-s{config.seed}"
         tracker = stack.enter_context(closing_run(MlflowTracker(out, experiment=config.experiment, run_name=run_name)))
         if not tracker.resumed:
             tracker.log_params(config.model_dump(mode="json"))
+        elif rt.resume.safe:  # safe changes on resume (steps, eval cadence): a new param version, from this step
+            tracker.log_params(rt.resume.params(rt.start_step))
         # links both ways: the MLflow run names the commit and this flow run; the flow run links the MLflow run
         prefect_id, prefect_url = flow_run_link()
         tracker.set_tags(run_tags(config, prefect_id, prefect_url))
@@ -160,6 +165,7 @@ def train(config: RunConfig) -> dict:
                 ),
                 **result.metrics,
                 **logp_mismatch(rollout.sampling_logp, batch.old_logp, batch.response_mask),
+                "reward/verifier_errors": float(scores["verifier_errors"]),
                 "rollout/entropy": float((batch.old_entropy * batch.response_mask).sum() / batch.response_mask.sum()),
                 "timing/rollout": t1 - t0,
                 "timing/score": t2 - t1,
@@ -174,13 +180,18 @@ def train(config: RunConfig) -> dict:
             # the checkpoint comes last: everything of the steps before it is persisted when it appears
             if _due(done, config.checkpoint_every, config.steps):
                 rt.extra = {"evals": evals}
-                checkpoint(rt, done, tracker, log_artifact=done == config.steps and config.tracking.log_checkpoints)
+                checkpoint(rt, done)
             report.step(done, metrics, time.perf_counter() - t0)
 
         # 5. the trained policy as an MLflow model (also after a rerun of a finished run that died before logging it)
         model_uri = tracker.logged_model_uri()
         if config.tracking.log_model and model_uri is None:
             model_uri = log_policy(tracker, rt, config.steps, config.tracking.registered_model_name)
+
+        # 6. with tracking.log_checkpoints, the final checkpoint to MLflow (also when a kill came between its save and
+        # its upload)
+        if config.tracking.log_checkpoints:
+            log_final_checkpoint(str(out), config.steps, tracker)
 
         first, last = evals.get(0, {}), evals[max(evals)] if evals else {}
         trained = [v["eval/accuracy"] for k, v in evals.items() if k > 0]  # the start is not a trained policy

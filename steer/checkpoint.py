@@ -8,17 +8,22 @@
 - ``rng_state.pt``: the Python, NumPy (legacy global) and torch CPU/CUDA generator states, and the state of every
   ``torch.Generator`` passed by name (e.g. the sampler's and the shuffle's);
 - ``manifest.json``, written last: format version, step, the caller's ``extra`` (data-loader position, scheduler
-  state: anything JSON-serialisable) and the size of every file.
+  state: anything JSON-serialisable), the size and the SHA-256 of every file.
 
 Everything is written to a hidden temp folder in ``dir``, fsynced, then renamed to its final name: a killed save
 leaves only the temp folder, which ``latest_checkpoint`` ignores and the next pruning removes. A folder without a
-readable manifest is treated as incomplete and skipped. Files are read back with ``torch.load(weights_only=True)``.
-torch and transformers only: no Prefect, no MLflow.
+readable manifest is treated as incomplete and skipped. ``load_checkpoint`` checks every file's size and hash before
+it changes anything, and a file that still cannot be read raises ``CheckpointDamaged`` naming it (never torch's
+advice to load with ``weights_only=False``, which would run the file's pickled code); ``latest_good_checkpoint``
+skips damaged checkpoints with a warning, so a run resumes from the newest intact one. Files are read back with
+``torch.load(weights_only=True)``. torch and transformers only: no Prefect, no MLflow.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -41,6 +46,11 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^step-(\d+)$")
 _SCRATCH_PREFIXES = (".tmp-step-", ".old-step-")
+log = logging.getLogger(__name__)
+
+
+class CheckpointDamaged(ValueError):
+    """A checkpoint file is missing, has another size or hash than its manifest records, or cannot be read."""
 
 
 def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
@@ -82,8 +92,10 @@ def save_checkpoint(
         tokenizer.save_pretrained(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(_rng_state(generators or {}), tmp / "rng_state.pt")
-        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        manifest = {"format_version": FORMAT_VERSION, "step": step, "extra": extra, "files": files}
+        paths = [p for p in sorted(tmp.rglob("*")) if p.is_file()]
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in paths}
+        sha256 = {str(p.relative_to(tmp)): _sha256(p) for p in paths}
+        manifest = {"format_version": FORMAT_VERSION, "step": step, "extra": extra, "files": files, "sha256": sha256}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         for p in tmp.rglob("*"):
             if p.is_file():
@@ -124,6 +136,39 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Check every file of the checkpoint at ``path`` against its manifest (size, then SHA-256 where recorded);
+    returns the manifest. Raises ``CheckpointDamaged`` naming the first bad file, ``FileNotFoundError`` without a
+    readable manifest."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    if manifest is None:
+        raise FileNotFoundError(f"{path} has no readable {MANIFEST}: it is not a complete checkpoint")
+    hashes = manifest.get("sha256", {})  # checkpoints written before hashes were recorded: sizes only
+    for name, size in manifest["files"].items():
+        if not (path / name).is_file() or (path / name).stat().st_size != size:
+            raise CheckpointDamaged(
+                f"{path / name} is missing or has changed size since the save: the checkpoint is damaged"
+            )
+        if name in hashes and _sha256(path / name) != hashes[name]:
+            raise CheckpointDamaged(
+                f"{path / name} has changed since the save (its SHA-256 differs): the checkpoint is damaged"
+            )
+    return manifest
+
+
+def latest_good_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint whose files verify (``verify_checkpoint``), or None; each newer damaged one is
+    skipped with a warning that names it. Its step is redone by a resumed run, which then saves it again whole."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointDamaged as e:
+            log.warning(f"{e}; resuming from the previous checkpoint instead")
+    return None
+
+
 def prune_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Path]:
     """Delete all but the newest ``keep_last`` complete checkpoints, and scratch folders of interrupted saves.
 
@@ -144,29 +189,33 @@ def load_checkpoint(
     model: PreTrainedModel,
     optimizer: torch.optim.Optimizer,
     generators: Mapping[str, torch.Generator] | None = None,
+    *,
+    verify: bool = True,
 ) -> tuple[int, dict[str, Any]]:
     """Restore model weights, optimizer state and all RNG states in place; returns ``(step, extra)``.
 
     ``generators`` must name the same generators that were saved (a forgotten one would silently break
-    reproducibility). The model keeps its device and dtype; tensors are copied into it.
+    reproducibility). The model keeps its device and dtype; tensors are copied into it. ``verify=False`` skips the
+    hashes (the caller has just run ``verify_checkpoint``); a file that cannot be read still raises
+    ``CheckpointDamaged``.
     """
     path = Path(path)
-    manifest = _read_manifest(path)
+    manifest = verify_checkpoint(path) if verify else _read_manifest(path)
     if manifest is None:
         raise FileNotFoundError(f"{path} has no readable {MANIFEST}: it is not a complete checkpoint")
     if manifest["format_version"] != FORMAT_VERSION:
         raise ValueError(f"{path} has checkpoint format {manifest['format_version']}, this code reads {FORMAT_VERSION}")
-    for name, size in manifest["files"].items():
-        if not (path / name).is_file() or (path / name).stat().st_size != size:
-            raise ValueError(f"{path / name} is missing or has changed size since the save: the checkpoint is damaged")
-    rng = torch.load(path / "rng_state.pt", weights_only=True)
+    rng = _torch_load(path / "rng_state.pt")
     saved, given = sorted(rng["generators"]), sorted(generators or {})
     if saved != given:
         raise ValueError(f"{path} holds the states of generators {saved}, but {given} were passed: pass the same names")
 
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(path.glob("*.safetensors")):
-        state.update(load_file(shard))
+        try:
+            state.update(load_file(shard))
+        except Exception as e:  # SafetensorError on a torn header
+            raise CheckpointDamaged(f"{shard} cannot be read ({type(e).__name__}): the checkpoint is damaged") from None
     result = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})  # tied copies that save_pretrained leaves out
     if result.unexpected_keys or set(result.missing_keys) - tied:
@@ -174,9 +223,30 @@ def load_checkpoint(
             f"{path} does not match the model: missing {sorted(set(result.missing_keys) - tied)}, "
             f"unexpected {sorted(result.unexpected_keys)}"
         )
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    optimizer.load_state_dict(_torch_load(path / "optimizer.pt"))
     _set_rng_state(rng, generators or {})
     return manifest["step"], manifest["extra"]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``; a file it cannot read is damaged. torch's own message would suggest
+    ``weights_only=False``, which runs the file's pickled code: it is replaced, and its chain dropped."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:
+        reason = type(e).__name__
+    raise CheckpointDamaged(
+        f"{path} cannot be read safely ({reason}): the checkpoint is damaged. Resume from an earlier checkpoint "
+        f"(delete this folder) rather than loading it with fewer checks."
+    )
 
 
 def _rng_state(generators: Mapping[str, torch.Generator]) -> dict[str, Any]:

@@ -34,14 +34,17 @@ def evaluate_problems(
 
     Metrics: ``{prefix}/avg_at_{k}`` (mean correctness), ``{prefix}/pass_at_{j}`` for j in ``pass_ks`` (unbiased,
     Chen et al. 2021), ``{prefix}/maj_at_{k}`` (majority vote over boxed answers), ``{prefix}/response_length_mean``,
-    ``{prefix}/truncated_frac``.
+    ``{prefix}/truncated_frac``, ``{prefix}/verifier_errors`` (responses a verifier fault left scored wrong after
+    the scorer's retries).
     """
     prompts = [format_prompt(tokenizer, p["prompt"] + instruction) for p in problems]
     out = engine.generate(
         prompts, n_samples=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
     )
     answers = [problems[int(i)]["answer"] for i in out.group_index]
+    errors_before = scorer.num_errors
     correct = scorer.score(out.response_text, answers)  # (N,) prompt-major, k per problem
+    verifier_errors = scorer.num_errors - errors_before
     by_problem = [correct[i * k : (i + 1) * k] for i in range(len(problems))]  # (P, k)
     boxed = [extract_boxed(t) for t in out.response_text]
     metrics = benchmark_metrics(
@@ -50,6 +53,7 @@ def evaluate_problems(
     lengths = out.response_mask.sum(-1)  # (N,)
     metrics[f"{prefix}/response_length_mean"] = float(lengths.float().mean())
     metrics[f"{prefix}/truncated_frac"] = float(out.truncated.float().mean())
+    metrics[f"{prefix}/verifier_errors"] = float(verifier_errors)
     rows = [
         {
             "problem_id": problems[int(g)]["id"],

@@ -12,6 +12,7 @@ with exactly ``length`` entries: the response's padding is stripped. This module
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -26,6 +27,8 @@ import torch
 from torch import Tensor
 
 from steer.fsutil import fsync_path
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 """Stored in the Parquet metadata under ``steer.rollouts.version``; bump on an incompatible schema change."""
@@ -175,24 +178,35 @@ def finished_steps(directory: str | os.PathLike) -> list[int]:
 def read_rollouts(directory: str | os.PathLike, columns: Sequence[str] | None = None) -> pa.Table:
     """Every step's rows, in step order, as one table (``columns`` selects a subset; the token lists are the bulk).
 
-    An empty or missing folder gives an empty table with the schema.
+    An empty or missing folder gives an empty table with the schema. A step file that cannot be read (damaged, or
+    another schema) is skipped with a warning naming it: one bad old file does not hide the rest of the store.
     """
     schema = ROLLOUT_SCHEMA
     if columns is not None:
         schema = pa.schema([ROLLOUT_SCHEMA.field(c) for c in columns], metadata=ROLLOUT_SCHEMA.metadata)
-    tables = [pq.read_table(step_path(directory, s), columns=columns, schema=schema) for s in finished_steps(directory)]
+    tables = []
+    for s in finished_steps(directory):
+        path = step_path(directory, s)
+        try:
+            tables.append(pq.read_table(path, columns=columns, schema=schema))
+        except (pa.ArrowException, OSError) as e:
+            log.warning(f"skipping {path}: it cannot be read as a rollout file ({type(e).__name__}: {e})")
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def remove_steps_after(directory: str | os.PathLike, step: int) -> list[int]:
-    """Delete the files of steps > ``step`` and return those steps.
+    """Delete the files of steps > ``step`` and return those steps; also the temp files of killed writes.
 
     For a resume from the checkpoint of ``step``: the steps written after it belong to the interrupted run and are
-    redone, and a resumed run configured with fewer steps must not keep them.
+    redone, and a resumed run configured with fewer steps must not keep them. A ``.step=*.parquet.*.tmp`` file is
+    what a kill between a write and its rename leaves; nothing reads it, and the resume removes it.
     """
     removed = [s for s in finished_steps(directory) if s > step]
     for s in removed:
         step_path(directory, s).unlink()
-    if removed:
+    stale = list(Path(directory).glob(".step=*.parquet.*.tmp")) if Path(directory).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if removed or stale:
         fsync_path(Path(directory))
     return removed

@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from steer.checkpoint import latest_checkpoint, load_checkpoint
+from steer.checkpoint import latest_good_checkpoint, load_checkpoint
 from steer.config import RunConfig
 from steer.data import Problem
 from steer.objective import Objective, build_objective
+from steer.resume import ResumeCheck, check_resume_dir
 from steer.rollout.base import RolloutEngine, make_rollout_engine
 
 
@@ -72,6 +73,7 @@ class Runtime:
     start_step: int = 0
     extra: dict = field(default_factory=dict)
     objective: Objective | None = None  # the algorithm's loss, built once (open_runtime)
+    resume: ResumeCheck = field(default_factory=ResumeCheck)  # safe config changes against the checkpoint's
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -82,14 +84,18 @@ class Runtime:
 
 
 def open_runtime(config: RunConfig, policy_path: str) -> Runtime:
-    """Load the policy, build the optimizer and engine, and restore the latest checkpoint of ``output_dir`` if any."""
+    """Load the policy, build the optimizer and engine, and restore the latest checkpoint of ``output_dir`` if any.
+
+    A damaged checkpoint (size or hash) is skipped with a warning for the newest intact one, and a config that
+    changes what the checkpoint's run computes is refused before anything loads (``steer.resume``)."""
     from steer.models.loading import load_policy
 
     if config.model.num_threads:
         torch.set_num_threads(config.model.num_threads)
     device = resolve_device(config.model.device)
     out = Path(config.output_dir)
-    ckpt = latest_checkpoint(out / "checkpoints")
+    ckpt = latest_good_checkpoint(out / "checkpoints")
+    resume = check_resume_dir(config, ckpt)
     model, tokenizer = load_policy(str(ckpt) if ckpt else policy_path, dtype=torch.float32, device=device)
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -98,7 +104,7 @@ def open_runtime(config: RunConfig, policy_path: str) -> Runtime:
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
     start, extra = 0, {}
     if ckpt is not None:
-        start, extra = load_checkpoint(ckpt, model, optimizer, {})
+        start, extra = load_checkpoint(ckpt, model, optimizer, {}, verify=False)  # verified just above
     engine = make_rollout_engine(config.rollout.backend, model=model, tokenizer=tokenizer)
     objective = build_objective(config.algorithm)
-    return Runtime(config, model, tokenizer, optimizer, engine, device, start, extra, objective)
+    return Runtime(config, model, tokenizer, optimizer, engine, device, start, extra, objective, resume)

@@ -86,16 +86,26 @@ class NullTracker:
 def closing_run(tracker: Tracker) -> Iterator[Tracker]:
     """Close ``tracker``'s run when the block ends: FINISHED when it completes, FAILED on an error, KILLED on an
     interrupt (Ctrl-C, SIGTERM turned into an exception by Prefect, ``SystemExit``), so that a run cut short never
-    reads as finished in the tracking UI."""
+    reads as finished in the tracking UI. The error itself becomes the run's ``steer.error`` tag."""
     try:
         yield tracker
-    except Exception:
+    except Exception as e:
+        _record_error(tracker, e)
         tracker.close("FAILED")
         raise
-    except BaseException:
+    except BaseException as e:
+        _record_error(tracker, e)
         tracker.close("KILLED")
         raise
     tracker.close("FINISHED")
+
+
+def _record_error(tracker: Tracker, error: BaseException) -> None:
+    """Tag the run with what ended it (``steer.error``); best effort: the original error is the one that counts."""
+    try:
+        tracker.set_tags({"steer.error": f"{type(error).__name__}: {error}"[:5000]})
+    except Exception:
+        pass
 
 
 def sanitize_metric_name(name: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 _PKG = "steer_cli.commands"
@@ -47,11 +48,25 @@ ENV_DEFAULTS = {
 }
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (``kill PID``, a scheduler's stop) as an exit, not a sudden death: the flow run and the MLflow run are
+    closed as crashed / KILLED (Prefect turns SIGTERM into its ``TerminationSignal`` inside a flow, then re-sends it
+    here), the verifier's workers are stopped and atexit stops an ephemeral Prefect API server."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    return int(importlib.import_module(args._module).run(args) or 0)
+    own = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # not when embedded in a process that set its own
+    if own:
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    finally:
+        if own:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

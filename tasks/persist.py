@@ -10,7 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from steer.batch import PolicyBatch
-from steer.checkpoint import save_checkpoint
+from steer.checkpoint import MANIFEST, checkpoint_path, save_checkpoint
 from steer.data import Problem
 from steer.rollout.base import RolloutBatch
 from steer.rollout_store import rollout_table, write_step
@@ -62,19 +62,18 @@ def log_metrics(tracker: Tracker, metrics: Mapping[str, float], step: int) -> No
 
 
 @task(name="save-checkpoint", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def checkpoint(rt: Runtime, step: int, tracker: Tracker, log_artifact: bool = False) -> str:
-    """Save the state after ``step`` steps (model, optimizer, RNG); optionally log the HF folder to MLflow."""
+def checkpoint(rt: Runtime, step: int) -> str:
+    """Save the state after ``step`` steps (model, optimizer, RNG, the run's config); the final one goes to MLflow in
+    ``log_final_checkpoint``."""
     path = save_checkpoint(
         Path(rt.config.output_dir) / "checkpoints",
         step,
         rt.model,
         rt.tokenizer,
         rt.optimizer,
-        extra=rt.extra,
+        extra={**rt.extra, "config": rt.config.model_dump(mode="json"), "config_version": rt.resume.version},
         keep_last=rt.config.keep_checkpoints,
     )
-    if log_artifact:
-        tracker.log_artifact(path, artifact_path="checkpoint")
     return str(path)
 
 
@@ -82,3 +81,20 @@ def checkpoint(rt: Runtime, step: int, tracker: Tracker, log_artifact: bool = Fa
 def log_policy(tracker, rt: Runtime, step: int, registered_name: str | None = None) -> str:
     """The trained policy as the run's MLflow model (transformers flavour), optionally registered; its URI."""
     return tracker.log_model(rt.model, rt.tokenizer, step=step, registered_name=registered_name)
+
+
+@task(name="log-final-checkpoint", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def log_final_checkpoint(output_dir: str, step: int, tracker: Tracker) -> str | None:
+    """Log the final checkpoint (``checkpoints/step-<step>``) to MLflow as ``checkpoint/``, once per run.
+
+    Done when the run ends rather than inside the save: a run killed between its final checkpoint and the upload
+    finds nothing left to train on rerun, and this step completes it. ``<output_dir>/final_checkpoint_logged``
+    records the upload (run id and folder); re-uploading after a partial upload overwrites the same files."""
+    final = checkpoint_path(Path(output_dir) / "checkpoints", step)
+    marker = Path(output_dir) / "final_checkpoint_logged"
+    done = f"{tracker.run_id} {final.name}"
+    if not (final / MANIFEST).is_file() or (marker.is_file() and marker.read_text().strip() == done):
+        return None
+    tracker.log_artifact(final, artifact_path="checkpoint")
+    marker.write_text(done + "\n")
+    return str(final)

@@ -8,11 +8,13 @@ last checkpoint instead.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from steer.advantages import compute_advantages
 from steer.batch import PolicyBatch, build_policy_batch
@@ -24,6 +26,13 @@ from steer.runtime import Runtime
 from steer.scoring import score_batch
 from steer.update import UpdateResult, policy_update
 from steer.verifiers.math import rewards_from_correct
+
+
+def _warn(message: str) -> None:
+    try:
+        get_run_logger().warning(message)
+    except MissingContextError:  # called through ``.fn()``, outside a run
+        logging.getLogger(__name__).warning(message)
 
 
 @task(name="generate-rollouts", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
@@ -44,10 +53,18 @@ def generate_rollouts(
 
 @task(name="score-rollouts", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def score_rollouts(scorer: Any, rollout: RolloutBatch, problems: list[Problem], reward_mode: str) -> dict:
-    """Verify each response against its problem's answer: ``correct`` (N,) bool and ``rewards`` (N,) float."""
+    """Verify each response against its problem's answer: ``correct`` (N,) bool, ``rewards`` (N,) float and
+    ``verifier_errors``, the responses a verifier fault left scored wrong after the scorer's own retries (warned)."""
     answers = [problems[int(i)]["answer"] for i in rollout.group_index]
+    errors_before = scorer.num_errors
     correct = torch.tensor(scorer.score(rollout.response_text, answers), dtype=torch.bool)  # (N,)
-    return {"correct": correct, "rewards": rewards_from_correct(correct, reward_mode)}
+    errors = scorer.num_errors - errors_before
+    if errors:
+        _warn(
+            f"{errors} of {len(answers)} responses could not be verified (last fault: "
+            f"{getattr(scorer, 'last_error', None)}); scored wrong, counted in reward/verifier_errors"
+        )
+    return {"correct": correct, "rewards": rewards_from_correct(correct, reward_mode), "verifier_errors": errors}
 
 
 @task(name="update-policy", retries=0, cache_policy=NO_CACHE)

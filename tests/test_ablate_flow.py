@@ -161,6 +161,8 @@ def test_rerun_resumes_without_new_runs(ablation):
 class BrokenScorer:
     """A verifier that always fails, as a broken environment would: the arm using it fails at its first scoring."""
 
+    num_errors = 0
+
     def __enter__(self):
         return self
 

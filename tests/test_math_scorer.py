@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from faults import fault_env, faults_fired
 
 from steer.verifiers import VERIFIERS
 from steer.verifiers.math import MathScorer, verify_math
@@ -64,10 +65,33 @@ def test_watchdog_pool_timeouts_crashes_and_cleanup():
     items = ["1 + 1", "__import__('time').sleep(60)", "2 * 3", "__import__('os')._exit(3)", "7"]
     with WatchdogPool("builtins:eval", num_workers=2, timeout_s=1.0, chunksize=2) as pool:
         assert pool.map(items) == [2, None, 6, None, 7]
-        assert (pool.num_timeouts, pool.num_crashes) == (1, 1)
+        # the crash is a fault: retried twice in fresh workers, then given up and counted
+        assert (pool.num_timeouts, pool.num_crashes, pool.num_errors) == (1, 3, 1)
+        assert pool.last_error == "worker died (exit 3)"
         assert pool.map(["40 + 2"]) == [42]  # replacements work
         processes = [w.process for w in pool._workers]
     assert all(p.poll() is not None for p in processes)
+
+
+def test_a_crashed_worker_is_retried_and_never_changes_a_correct_answer(monkeypatch, tmp_path):
+    # a real worker process os._exit()s on the marked (correct) response, twice: the pool retries it in fresh
+    # workers and the third attempt scores it; nothing is counted as an error
+    fault_env(monkeypatch, tmp_path / "fired", marker="MARK", times=2)
+    with MathScorer(num_workers=1, timeout_s=10.0) as scorer:
+        verdicts = scorer.score(["\\boxed{1}", "MARK \\boxed{\\frac{3}{4}}", "\\boxed{5}"], ["1", "0.75", "4"])
+        assert verdicts == [True, True, False]
+        assert faults_fired(tmp_path / "fired") == 2
+        assert (scorer._pool.num_crashes, scorer.num_errors) == (2, 0)
+
+
+def test_a_persistent_verifier_exception_is_retried_then_counted(monkeypatch, tmp_path):
+    # an exception escaping verify_math (MemoryError) on every attempt: scored False, counted, the rest unharmed
+    fault_env(monkeypatch, tmp_path / "fired", marker="MARK", kind="raise")
+    with MathScorer(num_workers=1, timeout_s=10.0) as scorer:
+        verdicts = scorer.score(["\\boxed{1}", "MARK \\boxed{2}", "\\boxed{3}"], ["1", "2", "3"])
+        assert verdicts == [True, False, True]
+        assert faults_fired(tmp_path / "fired") == 3  # the first try and its two retries
+        assert scorer.num_errors == 1 and scorer.last_error.startswith("MemoryError: injected")
 
 
 def test_worker_that_cannot_start_raises():

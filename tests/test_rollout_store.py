@@ -116,6 +116,16 @@ def test_write_read_and_rewrite_is_idempotent(tmp_path):
     assert pq.read_metadata(step_path(tmp_path, 0)).metadata[b"steer.rollouts.version"] == b"1"
 
 
+def test_one_corrupt_old_file_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+    for step in (0, 1, 2):
+        write_step(tmp_path, step, rollout_table(**make_inputs(step, [2, 1], g=1, t=2, seed=step)))
+    step_path(tmp_path, 1).write_bytes(b"PAR1 not a parquet file PAR1")
+    with caplog.at_level("WARNING", logger="steer.rollout_store"):
+        table = read_rollouts(tmp_path)
+    assert table.column("step").to_pylist() == [0, 0, 2, 2]
+    assert f"skipping {step_path(tmp_path, 1)}" in caplog.text
+
+
 def test_read_subset_and_empty_folder(tmp_path):
     assert read_rollouts(tmp_path / "missing").schema.equals(ROLLOUT_SCHEMA)
     assert finished_steps(tmp_path / "missing") == []
@@ -171,8 +181,10 @@ def test_write_rejects_foreign_schema_and_wrong_step(tmp_path):
 def test_remove_steps_after(tmp_path):
     for step in range(4):
         write_step(tmp_path, step, rollout_table(**make_inputs(step, [1, 1], g=2, t=1)))
+    stale = tmp_path / ".step=000002.parquet.k3j9x.tmp"  # a kill between a temp write and its rename
+    stale.write_bytes(b"partial")
     assert remove_steps_after(tmp_path, 1) == [2, 3]
-    assert finished_steps(tmp_path) == [0, 1]
+    assert finished_steps(tmp_path) == [0, 1] and not stale.exists()
 
 
 def _code_blocks(lang: str) -> list[str]:

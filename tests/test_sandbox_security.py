@@ -23,7 +23,7 @@ import pytest
 
 from steer.verifiers import sandbox
 from steer.verifiers.code import run_code_tests, verify_code
-from steer.verifiers.sandbox import Limits, isolation
+from steer.verifiers.sandbox import Limits, isolation, run_program
 
 pytestmark = pytest.mark.unit
 
@@ -289,3 +289,38 @@ def test_early_exit_does_not_fake_a_humaneval_pass():
     ]
     for hack in hacks:
         assert not verify_code(hack, spec, LIMITS), hack
+
+
+MEMORY_HOG_FORKS = """
+import os, sys, time
+held = []
+for _ in range(8):  # try for 8 children of 150 MB each: 1200 MB, above the sandbox's total of 4 x 256 MB
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        try:
+            block = bytearray(150 << 20)  # touched: resident, not just reserved
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            os.write(1, b"held\\n")
+            time.sleep(3)
+        except MemoryError:
+            pass
+        os._exit(0)
+    held.append(pid)
+for pid in held:
+    os.waitpid(pid, 0)
+"""
+
+
+def test_a_sandbox_that_forks_memory_hungry_children_stays_under_its_stated_total():
+    if isolation().uid_mode != "random":
+        pytest.skip("RLIMIT_NPROC counts this sandbox's processes alone only with a uid of its own (root)")
+    limits = Limits(wall_s=20, cpu_s=10, memory_mb=256, nproc=4)
+    result = run_program(MEMORY_HOG_FORKS, limits=limits)
+    held = result.stdout.count("held")
+    assert 1 <= held <= limits.nproc - 1, result  # the parent is one of the nproc processes
+    assert 150 * held + 256 <= limits.total_memory_mb == 1024
+    assert Limits().total_memory_mb == 4096  # the default bound docs/verifiers.md states

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from faults import fault_env
 
 from steer.config import RolloutConfig
 from steer.models.tiny import TinyPolicySpec, build_char_tokenizer, build_tiny_model
@@ -50,6 +51,22 @@ def test_score_rewards_exactly_the_boxed_answers_that_verify(engine_and_tokenize
     assert scores["correct"].tolist() == [True, False, True, False]
     assert scores["rewards"].tolist() == [1.0, -1.0, 1.0, -1.0] and again["rewards"].tolist() == [1.0, 0.0, 1.0, 0.0]
     assert [extract_boxed(r) for r in rollout.response_text] == ["3", "4", "0", None]
+
+
+def test_verifier_crashes_are_retried_and_the_persistent_one_is_counted(engine_and_tokenizer, monkeypatch, tmp_path):
+    # real workers os._exit() on the marked responses: 2 crashes are absorbed by the retries (the correct answer
+    # keeps its +1), a third exhausts them for one response, which is counted as a verifier error, not hidden
+    engine, tok = engine_and_tokenizer
+    rollout = generate_rollouts.fn(engine, tok, PROBLEMS, RolloutConfig(samples_per_prompt=2), "", seed=0)
+    rollout.response_text = ["X \\boxed{3}", "\\boxed{4}", "\\boxed{0}", "no answer"]
+    fault_env(monkeypatch, tmp_path / "transient", marker="X ", times=2)
+    with MathScorer(num_workers=1) as scorer:
+        scores = score_rollouts.fn(scorer, rollout, PROBLEMS, "pm1")
+    assert scores["rewards"].tolist() == [1.0, -1.0, 1.0, -1.0] and scores["verifier_errors"] == 0
+    fault_env(monkeypatch, tmp_path / "persistent", marker="X ")
+    with MathScorer(num_workers=1) as scorer:
+        scores = score_rollouts.fn(scorer, rollout, PROBLEMS, "pm1")
+    assert scores["verifier_errors"] == 1 and scores["rewards"].tolist()[1:] == [-1.0, 1.0, -1.0]
 
 
 def test_log_metrics_refuses_a_name_outside_the_metric_alphabet():

@@ -13,6 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from policies import SMALL_POLICY
+from prefect.client.orchestration import get_client
 from transformers import AutoModelForCausalLM
 
 from flows.train import train
@@ -80,6 +81,8 @@ def test_mlflow_has_params_and_namespaced_metrics_per_step(finished_run):
         "steer/quadrant/pos_high/share",
     ):
         assert sorted(metric_history(out, key)) == [0, 1, 2], key
+    assert metric_history(out, "reward/verifier_errors") == {0: 0.0, 1: 0.0, 2: 0.0}  # surfaced every step
+    assert metric_history(out, "eval/verifier_errors") == {0: 0.0, 2: 0.0, 3: 0.0}
     assert sorted(metric_history(out, "eval/accuracy")) == [0, 2, 3]
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     params = client.get_run(summary["mlflow_run_id"]).data.params
@@ -269,8 +272,13 @@ def test_resume_after_a_kill_matches_an_unbroken_run(finished_run, tmp_path):
     assert latest_checkpoint(run / "checkpoints") is not None, proc.stderr.read().decode()[-2000:]
     done = finished_steps(run / "rollouts")
     assert done != [0, 1, 2], "the kill came too late to test a resume"
+    killed = (run / "prefect_flow_run_id").read_text().strip()
+    (run / "rollouts" / ".step=000002.parquet.x1y2.tmp").write_bytes(b"partial")  # a kill mid-write leaves this
     subprocess.run(_cli(run, 3, env), cwd=ROOT, env=env, check=True, capture_output=True)
-    assert finished_steps(run / "rollouts") == [0, 1, 2]
+    assert finished_steps(run / "rollouts") == [0, 1, 2] and not list((run / "rollouts").glob(".*.tmp"))
+    with get_client(sync_client=True) as client:  # the killed run could not report: the resume marked it
+        state = client.read_flow_run(killed).state
+    assert state.type.value == "CRASHED" and "killed" in state.message
     a = read_rollouts(run / "rollouts").drop(["run_id"])
     b = read_rollouts(out / "rollouts").drop(["run_id"])
     assert a.num_rows == b.num_rows == 48 and a.equals(b)  # nothing lost or duplicated, same samples
@@ -296,3 +304,129 @@ def test_smollm2_preset_trains_on_cpu(prefect_harness, tmp_path):
     assert read_rollouts(out / "rollouts").num_rows == 16
     assert summary["heldout_accuracy_before"] is not None
     assert AutoModelForCausalLM.from_pretrained(latest_checkpoint(out / "checkpoints")).config.model_type == "llama"
+
+
+def test_a_resume_that_changes_the_algorithm_is_refused_and_a_safe_change_is_a_new_param_version(
+    finished_run, tmp_path
+):
+    from steer.resume import ResumeConfigError
+
+    out, _ = finished_run
+    run = tmp_path / "changed"
+    shutil.copytree(out, run)
+    changed = load_config("tiny", {**SMALL, "output_dir": str(run), "seed": 7}, algorithm="grpo")
+    with pytest.raises(ResumeConfigError, match=r"algorithm\.name: 'steer' -> 'grpo'.*seed: '0' -> '7'"):
+        train(changed)
+    assert finished_steps(run / "rollouts") == [0, 1, 2]  # nothing finished was lost
+    summary = train(small_config(run, steps=4, eval={**SMALL["eval"], "every": 4}))  # one more step: safe
+    assert summary["resumed_from"] == 3 and finished_steps(run / "rollouts") == [0, 1, 2, 3]
+    params = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}").get_run(summary["mlflow_run_id"]).data.params
+    assert params["steps"] == "3" and params["eval.every"] == "2"  # the first version stands
+    assert (params["config_v2.steps"], params["config_v2.eval.every"], params["config_v2.from_step"]) == ("4", "4", "3")
+
+
+def test_a_same_size_corrupted_checkpoint_is_detected_and_the_run_resumes_from_the_previous_one(finished_run, tmp_path):
+    out, _ = finished_run
+    run = tmp_path / "corrupt"
+    shutil.copytree(out, run)
+    weights = latest_checkpoint(run / "checkpoints") / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # same size, other weights
+    weights.write_bytes(bytes(data))
+    summary = train(small_config(run))
+    assert summary["resumed_from"] == 2  # step-000003 was damaged: step 2 is redone from step-000002
+    a, b = (read_rollouts(d / "rollouts").drop(["run_id"]) for d in (run, out))
+    assert a.equals(b)
+    assert metric_history(run, "eval/accuracy") == metric_history(out, "eval/accuracy")
+
+
+def test_bad_data_rows_are_counted_with_row_numbers_and_a_data_error_is_not_retried(prefect_harness, tmp_path):
+    import json
+
+    from prefect.client.orchestration import get_client
+
+    from steer.config import DataConfig
+    from tasks.data import prepare_data
+
+    good = [{"prompt": f"Calculate {a} + 1.", "answer": str(a + 1)} for a in range(10)]
+    bad = [{"prompt": "", "answer": "1"}, {"prompt": "Calculate 2 + 2.", "answer": None}]
+    overlong = [{"prompt": "Calculate " + "1 + " * 80 + "1.", "answer": "81"}] * 4  # > 256 tokens of tiny context
+    rows = good[:4] + bad + good[4:] + overlong  # heldout: the first 4 usable rows; train: 6 good + 4 overlong
+    source = tmp_path / "mixed.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "mixed"
+    data = {"source": str(source), "heldout_size": 4}
+    train(small_config(run, steps=1, data=data, eval={**SMALL["eval"], "every": 0}))
+    report = json.loads((run / "data" / "bad_rows.json").read_text())
+    assert report["skipped"] == 2 and report["rows"] == {"empty prompt": [4], "missing answer": [5]}
+    prompts = read_rollouts(run / "rollouts", columns=["prompt", "answer"]).to_pydict()
+    assert "None" not in prompts["answer"] and all("1 + 1 + 1" not in p for p in prompts["prompt"])  # none trained on
+
+    source.write_text(json.dumps({"prompt": "x", "answer": None}) + "\n")
+    state = prepare_data(DataConfig(source=str(source)), str(tmp_path / "refused"), return_state=True)
+    assert state.is_failed() and "no usable rows left" in str(state.result(raise_on_failure=False))
+    with get_client(sync_client=True) as client:
+        assert client.read_task_run(state.state_details.task_run_id).run_count == 1  # a data error: no retries
+
+
+def test_a_kill_between_the_final_checkpoint_and_its_artifact_is_completed_on_rerun(
+    prefect_harness, small_policy, tmp_path
+):
+    from urllib.parse import urlparse
+
+    run = tmp_path / "artifact"
+    settings = dict(steps=1, eval={**SMALL["eval"], "every": 0}, tracking={"log_checkpoints": True})
+    train(small_config(run, **settings))
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    run_id = (run / "mlflow_run_id").read_text().strip()
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/step-000001"]
+    # what a kill right after the final checkpoint's rename leaves: the checkpoint, no upload, no logged model, a
+    # RUNNING run
+    shutil.rmtree(Path(urlparse(client.get_run(run_id).info.artifact_uri).path) / "checkpoint")
+    (run / "final_checkpoint_logged").unlink()
+    client.delete_tag(run_id, "steer.model_uri")
+    client.set_terminated(run_id, status="RUNNING")
+    summary = train(small_config(run, **settings))
+    assert summary["resumed_from"] == 1 and summary["mlflow_run_id"] == run_id
+    assert summary["model_uri"] == client.get_run(run_id).data.tags["steer.model_uri"]  # logged again
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/step-000001"]
+    files = {a.path for a in client.list_artifacts(run_id, "checkpoint/step-000001")}
+    assert "checkpoint/step-000001/model.safetensors" in files and client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_sigterm_stops_every_child_and_both_stores_say_how_the_run_ended(small_policy, tmp_path):
+    """``kill PID`` on ``steer train`` with its own ephemeral Prefect API: no process outlives it (the API server,
+    the verifier's workers), Prefect's database says CRASHED, MLflow says KILLED."""
+    import sqlite3
+
+    run = tmp_path / "terminated"
+    db = tmp_path / "prefect.db"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{db}"
+    proc = subprocess.Popen(
+        _cli(run, 50, env), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.time() + 400
+    while latest_checkpoint(run / "checkpoints") is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGTERM)  # the process only, as `kill PID` does: not its group
+    try:
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        time.sleep(1)
+        left = subprocess.run(["ps", "-o", "pid=,cmd=", "-s", str(proc.pid)], capture_output=True, text=True).stdout
+        assert left.strip() == "", left
+    finally:
+        if _session_alive(proc.pid):  # a failed check must not leave the processes behind
+            os.killpg(proc.pid, signal.SIGKILL)
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    mlflow_run = client.get_run((run / "mlflow_run_id").read_text().strip())
+    assert mlflow_run.info.status == "KILLED" and "TerminationSignal" in mlflow_run.data.tags["steer.error"]
+    flow_run_id = (run / "prefect_flow_run_id").read_text().strip()
+    with sqlite3.connect(db) as con:
+        (state,) = con.execute("select state_type from flow_run where id = ?", (flow_run_id,)).fetchone()
+    assert state == "CRASHED"
+
+
+def _session_alive(sid: int) -> bool:
+    return bool(subprocess.run(["ps", "-o", "pid=", "-s", str(sid)], capture_output=True, text=True).stdout.strip())

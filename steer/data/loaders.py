@@ -6,7 +6,9 @@ Every source becomes the same records as the embedded task, ``{"id", "prompt", "
 - a key may be dotted to reach into nested structs: ``"reward_model.ground_truth"``;
 - a prompt stored as a chat (a list of ``{"role", "content"}`` messages, the verl/DAPO layout) becomes the content
   of its last user message, so the caller applies its own chat template;
-- without ``id_key`` a row's id is ``"<task>/<row number>"``.
+- without ``id_key`` a row's id is ``"<task>/<row number>"``;
+- a row with an empty prompt or a missing answer is skipped and counted, with its row number
+  (``steer.data.validation``): a warning says how many and which, ``bad_rows`` collects them.
 
 Known hub datasets have their map in ``KNOWN_COLUMN_MAPS`` (used when ``columns`` is not given)::
 
@@ -17,6 +19,7 @@ Known hub datasets have their map in ``KNOWN_COLUMN_MAPS`` (used when ``columns`
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from steer.data.embedded import Problem
+from steer.data.validation import BadRows, row_problem
+
+log = logging.getLogger(__name__)
 
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json")
 
@@ -55,6 +61,7 @@ def load_problems(
     columns: ColumnMap | None = None,
     split: str = "train",
     limit: int | None = None,
+    bad_rows: BadRows | None = None,
 ) -> list[Problem]:
     """Problems from ``source``: a local ``.parquet``/``.jsonl``/``.json`` file, or else a hub dataset id.
 
@@ -64,6 +71,7 @@ def load_problems(
         columns: column mapping; defaults to ``KNOWN_COLUMN_MAPS[source]`` or ``ColumnMap()``.
         split: hub split (ignored for local files).
         limit: keep the first ``limit`` rows.
+        bad_rows: collects the skipped rows (empty prompt, missing answer) by reason, with their row numbers.
     Raises:
         KeyError: a mapped column is missing (the message lists the row's columns and the ColumnMap field to set).
         ConnectionError: the hub could not be reached or the dataset was not found (the message says how to pass a
@@ -77,18 +85,32 @@ def load_problems(
     else:
         rows = _read_hub(str(source), split)
         task = columns.task or str(source).rsplit("/", 1)[-1]
-    problems = []
+    problems, bad, total = [], BadRows() if bad_rows is None else bad_rows, 0
     for i, row in enumerate(rows):
         if limit is not None and i >= limit:
             break
-        problems.append(row_to_problem(row, columns, index=i, task=task, source=str(source)))
+        total += 1
+        problem = row_to_problem(row, columns, index=i, task=task, source=str(source))
+        if isinstance(problem, str):
+            bad.add(problem, i)
+        else:
+            problems.append(problem)
+    if bad.count:
+        log.warning(bad.summary(str(source), total))
+    if total and not problems:
+        raise ValueError(f"no usable rows left: {bad.summary(str(source), total)}")
     return problems
 
 
-def row_to_problem(row: dict[str, Any], columns: ColumnMap, *, index: int, task: str, source: str = "") -> Problem:
-    """One source row to a record with ``columns``; ``index`` numbers rows when ``columns.id_key`` is None."""
+def row_to_problem(
+    row: dict[str, Any], columns: ColumnMap, *, index: int, task: str, source: str = ""
+) -> Problem | str:
+    """One source row to a record with ``columns``; ``index`` numbers rows when ``columns.id_key`` is None. A row
+    that cannot be trained on gives the reason instead (``steer.data.validation.row_problem``)."""
     prompt = _prompt_text(_lookup(row, columns.prompt_key, "prompt_key", source))
     answer = _lookup(row, columns.answer_key, "answer_key", source)
+    if reason := row_problem(prompt, answer):
+        return reason
     pid = _lookup(row, columns.id_key, "id_key", source) if columns.id_key else f"{task}/{index}"
     return {"id": str(pid), "prompt": prompt, "answer": str(answer), "task": task}
 
@@ -107,6 +129,8 @@ def _lookup(row: dict[str, Any], key: str, field: str, source: str) -> Any:
 
 
 def _prompt_text(value: Any) -> str:
+    if value is None:
+        return ""  # an empty prompt: skipped and counted
     if isinstance(value, str):
         return value
     if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):

@@ -160,4 +160,20 @@ EMBEDDED_POLICIES: dict[str, Callable[[str | os.PathLike], Path]] = {"tiny": _en
 def resolve_policy(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike) -> str:
     """The folder of an embedded policy (``tiny``, ``smollm2``; built on first use), else ``name_or_path`` as is."""
     name = str(name_or_path)
-    return str(EMBEDDED_POLICIES[name](cache_dir)) if name in EMBEDDED_POLICIES else name
+    if name in EMBEDDED_POLICIES:
+        return str(EMBEDDED_POLICIES[name](cache_dir))
+    path = Path(name).expanduser()
+    looks_local = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or os.sep + os.sep in name
+    if path.exists() or looks_local:
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"model.name_or_path={name!r}: no such folder. Give a folder holding config.json and the weights (a "
+                f"save_pretrained folder or a checkpoint's step-NNNNNN/), a hub id such as "
+                f"'HuggingFaceTB/SmolLM2-135M-Instruct', or an embedded policy: {', '.join(EMBEDDED_POLICIES)}"
+            )
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.name_or_path={name!r} is a folder without config.json, not a model: point it at a "
+                f"save_pretrained folder or a checkpoint's step-NNNNNN/ folder"
+            )
+    return name

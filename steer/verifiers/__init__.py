@@ -1,7 +1,8 @@
 """Verifiers: turn a response and a reference answer into correct / not correct.
 
 ``VERIFIERS`` maps a benchmark's verifier name to a scorer class with one interface:
-``Scorer(num_workers=None, ...)`` used as a context manager, ``.score(responses, answers) -> list[bool]`` (N,).
+``Scorer(num_workers=None, ...)`` used as a context manager, ``.score(responses, answers) -> list[bool]`` (N,), and
+``.num_errors``: the items, since the scorer started, that a verifier fault (after its retries) left scored False.
 
 - ``"math"``: ``MathScorer`` -- last ``\\boxed{}`` answer vs the gold answer with math-verify, in a process pool with
   a hard per-item time limit (``steer.verifiers.math``);

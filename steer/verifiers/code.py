@@ -369,6 +369,7 @@ class CodeScorer:
         self.limits = limits or Limits()
         self.in_sandbox_fallback = in_sandbox_fallback  # see run_code_tests; off: the candidate never judges itself
         self._executor = ThreadPoolExecutor(max_workers=num_workers or 2 * available_cpus())
+        self.num_errors = 0  # the scorer interface's fault count: a fault here raises out of ``score`` (retried)
 
     def score(self, responses: Sequence[str], answers: Sequence[dict[str, Any]]) -> list[bool]:
         if len(responses) != len(answers):

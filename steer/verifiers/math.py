@@ -114,12 +114,13 @@ def rewards_from_correct(correct: torch.Tensor | Sequence[bool], mode: str = "pm
 
 
 def _score_one(item: tuple[str, str]) -> bool:
-    """Worker-side scoring of one (response, answer) pair; runs on the worker's main thread, so alarms work."""
+    """Worker-side scoring of one (response, answer) pair; runs on the worker's main thread, so alarms work.
+
+    math-verify turns unparseable text into "not equivalent" itself; an exception that still escapes (MemoryError,
+    RecursionError) is a fault of the verifier, not a wrong answer: it propagates, and the pool retries then counts
+    the item (``MathScorer.num_errors``)."""
     response, answer = item
-    try:
-        return verify_math(response, answer, timeout_s=_WORKER_ALARM_S)
-    except Exception:  # math-verify swallows most errors itself; anything left (MemoryError) is a wrong answer
-        return False
+    return verify_math(response, answer, timeout_s=_WORKER_ALARM_S)
 
 
 _WORKER_ALARM_S = 5
@@ -143,26 +144,42 @@ class MathScorer:
 
     ``score(responses, answers) -> list[bool]`` (N,). Each item gets at most ``timeout_s`` seconds of wall clock; a
     worker still busy after that is killed and replaced, and the item counts as wrong (``num_timeouts`` counts them).
-    Inside the worker, math-verify's own 5 s alarms usually end a slow parse first. Use as a context manager, or call
+    Inside the worker, math-verify's own 5 s alarms usually end a slow parse first. A verifier fault (a worker that
+    dies, an exception inside ``verify_math``) is retried ``item_retries`` times in a fresh worker; an item that
+    faults every time scores False and is counted in ``num_errors`` (the training flow logs the per-step count as
+    ``reward/verifier_errors``), so a fault never passes for a wrong answer unseen. Use as a context manager, or call
     ``close()``: the workers are separate processes.
 
     ``num_workers=None`` uses every core the process may run on. Workers are fresh interpreters (safe when the parent
     holds threads, as torch does) that import math-verify once and run under a 4 GiB address-space limit.
     """
 
-    def __init__(self, num_workers: int | None = None, timeout_s: float = 15.0, chunksize: int = 16):
+    def __init__(
+        self, num_workers: int | None = None, timeout_s: float = 15.0, chunksize: int = 16, item_retries: int = 2
+    ):
         self._pool = WatchdogPool(
             "steer.verifiers.math:_score_one",
             num_workers=num_workers,
             timeout_s=timeout_s,
             chunksize=chunksize,
             initializer="steer.verifiers.math:_warm_up",
+            item_retries=item_retries,
         )
 
     @property
     def num_timeouts(self) -> int:
         """Items that hit the hard time limit since this scorer started."""
         return self._pool.num_timeouts
+
+    @property
+    def num_errors(self) -> int:
+        """Items given up on after their retries (a crashed worker or an exception each time) since this scorer
+        started; each scored False. ``last_error`` says what the last one died of."""
+        return self._pool.num_errors
+
+    @property
+    def last_error(self) -> str | None:
+        return self._pool.last_error
 
     def wait_ready(self) -> None:
         """Block until every worker has imported math-verify (~1 s), e.g. before timing or before training starts."""
@@ -172,7 +189,7 @@ class MathScorer:
         if len(responses) != len(answers):
             raise ValueError(f"{len(responses)} responses but {len(answers)} answers")
         results = self._pool.map(list(zip(responses, map(str, answers))))
-        return [r is True for r in results]  # a timed-out item comes back as None
+        return [r is True for r in results]  # a timed-out or given-up item comes back as None
 
     def close(self) -> None:
         self._pool.close()

@@ -4,7 +4,9 @@
 ends), and ``signal.alarm`` based limits only work on a main thread. ``WatchdogPool`` gives each worker its own pipe,
 sends it small chunks, and gets one result per item back; when a worker has made no progress for ``timeout_s``
 seconds, the parent SIGKILLs it, records ``None`` for the item it was on, requeues the rest of its chunk and starts a
-replacement. A worker that dies on its own (segfault, OOM kill) is handled the same way.
+replacement. A worker that dies on its own (segfault, OOM kill) or an item whose function raises is a *fault*, not an
+answer: the item is retried (``item_retries`` times, a crashed worker replaced first), and only then recorded as
+``None`` and counted in ``num_errors``, so a caller can tell "the verifier failed" from "the answer is wrong".
 
 Workers are fresh interpreters (``python -m steer.verifiers._pool_worker FN FD_IN FD_OUT``) that import the
 function by its dotted name: unlike multiprocessing's ``spawn``, nothing re-imports the caller's ``__main__``, so the
@@ -33,6 +35,13 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def _exit_code(process: subprocess.Popen) -> int | None:
+    try:  # its pipe closes a moment before it can be reaped
+        return process.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 class _Worker:
@@ -75,7 +84,9 @@ class _Worker:
 class WatchdogPool:
     """Maps ``fn`` (a dotted ``"module:function"`` name) over items in ``num_workers`` processes, per-item time limit.
 
-    ``map(items) -> list`` keeps the input order; an item whose worker was killed (time limit) or died gives ``None``.
+    ``map(items) -> list`` keeps the input order; an item whose worker was killed (time limit), or that crashed its
+    worker or raised on every one of its ``1 + item_retries`` attempts, gives ``None`` (``num_timeouts`` and
+    ``num_errors`` count them).
     ``timeout_s`` counts from the moment the worker finished its previous item (or got the chunk), so queueing in a
     chunk does not eat an item's budget; a worker's start-up (imports, then the optional ``initializer``, another
     dotted name called once with no arguments) is not counted either. Items and results must pickle. Workers start
@@ -89,6 +100,7 @@ class WatchdogPool:
         timeout_s: float = 15.0,
         chunksize: int = 16,
         initializer: str | None = None,
+        item_retries: int = 2,
     ):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -96,8 +108,11 @@ class WatchdogPool:
         self.num_workers = num_workers or available_cpus()
         self.timeout_s = timeout_s
         self.chunksize = max(1, chunksize)
-        self.num_timeouts = 0
-        self.num_crashes = 0
+        self.item_retries = item_retries
+        self.num_timeouts = 0  # items killed at the time limit (not retried: a stuck item would stall the map again)
+        self.num_crashes = 0  # worker deaths, retries included
+        self.num_errors = 0  # items given up after ``item_retries`` retries of a crash or an exception
+        self.last_error: str | None = None  # what the last given-up item died of
         self._workers: list[_Worker] | None = [_Worker(fn, initializer) for _ in range(self.num_workers)]
 
     def _check_ready(self, w: _Worker, block: bool = False) -> bool:
@@ -129,7 +144,17 @@ class WatchdogPool:
         if self._workers is None:
             raise RuntimeError("WatchdogPool is closed")
         results: list[Any] = [None] * len(items)
+        attempts = [0] * len(items)
         pending = deque(range(len(items)))
+
+        def fault(idx: int, what: str) -> None:  # a crash or an exception: retry the item, then give up on it
+            attempts[idx] += 1
+            if attempts[idx] <= self.item_retries:
+                pending.appendleft(idx)
+            else:
+                self.num_errors += 1
+                self.last_error = what
+
         # chunks small enough that every worker gets several: the tail of a map is not one worker's long chunk
         chunk = max(1, min(self.chunksize, len(items) // (4 * self.num_workers)))
         workers = self._workers
@@ -149,16 +174,20 @@ class WatchdogPool:
                     continue
                 try:
                     while w.queue and w.recv_conn.poll():
-                        idx, value = w.recv_conn.recv()
-                        results[idx] = value
+                        idx, value, error = w.recv_conn.recv()
                         w.queue.popleft()
                         w.last_progress = time.monotonic()
+                        if error is None:
+                            results[idx] = value
+                        else:
+                            fault(idx, error)
                     if not w.queue or time.monotonic() - w.last_progress < self.timeout_s:
                         continue
                     self.num_timeouts += 1  # alive but silent for timeout_s: stuck on its head item
-                except (EOFError, OSError):  # died mid-chunk (segfault, OOM kill)
+                    w.queue.popleft()  # the item it was on stays None
+                except (EOFError, OSError):  # died mid-chunk (segfault, OOM kill): its head item is retried
                     self.num_crashes += 1
-                w.queue.popleft()  # the item it was on stays None
+                    fault(w.queue.popleft(), f"worker died (exit {_exit_code(w.process)})")
                 pending.extendleft(reversed(w.queue))  # the rest of its chunk goes back
                 w.queue.clear()
                 self._replace(k)

@@ -10,7 +10,10 @@ Each run (``run_program``) gets, where the machine allows it (``isolation()`` sa
   host's files, signal or ptrace host processes, and ``RLIMIT_NPROC`` (not enforced for root) counts its processes
   only -- a fork bomb in one sandbox does not starve another;
 - rlimits: CPU seconds (``RLIMIT_CPU``, then SIGKILL), address space (``RLIMIT_AS``), processes (``RLIMIT_NPROC``),
-  file size (``RLIMIT_FSIZE``, stdout/stderr included: they are files), open files, no core dumps;
+  file size (``RLIMIT_FSIZE``, stdout/stderr included: they are files), open files, no core dumps. Address space is
+  limited per process and processes per sandbox, so a sandbox as a whole holds at most ``Limits.total_memory_mb`` =
+  ``nproc x memory_mb`` (4 x 1024 MB by default) whatever it forks (where its own uid makes RLIMIT_NPROC count
+  its processes alone);
 - a wall-clock limit enforced by the parent, which then SIGKILLs the whole session (``start_new_session``);
 - a scrubbed environment (PATH, HOME, LANG only) and ``python -I`` (no user site, no ``PYTHON*`` variables);
 - output read back truncated to ``max_output_bytes``.
@@ -57,11 +60,16 @@ class Limits:
     wall_s: float = 10.0  # wall clock, enforced by the parent (catches sleeping and blocked programs)
     cpu_s: int = 5  # RLIMIT_CPU per process; SIGKILL one second later
     memory_mb: int = 1024  # RLIMIT_AS (virtual memory) per process
-    nproc: int = 16  # RLIMIT_NPROC: processes + threads of the sandbox's uid
+    nproc: int = 4  # RLIMIT_NPROC: processes + threads of the sandbox's uid (bounds the sandbox's total memory)
     file_mb: int = 16  # RLIMIT_FSIZE: largest file it may write, stdout and stderr included
     nofile: int = 64  # RLIMIT_NOFILE
     tmpfs_mb: int = 64  # size of the private /tmp holding its folder
     max_output_bytes: int = 1 << 20  # stdout/stderr read back at most this much each
+
+    @property
+    def total_memory_mb(self) -> int:
+        """The most address space one sandbox can hold, all its processes together: ``nproc x memory_mb``."""
+        return self.nproc * self.memory_mb
 
 
 @dataclass

@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     from flows.evaluate import evaluate
     from steer.benchmarks import BenchmarkUnavailable
+    from steer.checkpoint import CheckpointDamaged
     from steer_cli.commands.printing import announce_prefect
 
     data_paths = dict(item.split("=", 1) for item in args.data_path)
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             output_dir=args.output_dir,
             seed=args.seed,
         )
-    except (BenchmarkUnavailable, KeyError) as e:
+    except (BenchmarkUnavailable, KeyError, FileNotFoundError, CheckpointDamaged) as e:  # recorded in MLflow too
         print(f"steer eval: {e}", file=sys.stderr)
         return 2
     table = Table(title=f"steer eval: {args.model}")

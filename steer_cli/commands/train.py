@@ -40,15 +40,17 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from steer.config import ConfigError, config_help
+    from steer.resume import check_resume_dir
 
     try:
         config = build_config(args)
+        if args.help_config:
+            print(config_help(config))
+            return 0
+        check_resume_dir(config)  # a resume that would change the run is refused before anything starts
     except ConfigError as e:
         print(f"steer train: {e}", file=sys.stderr)
         return 2
-    if args.help_config:
-        print(config_help(config))
-        return 0
     from flows.train import train
     from steer_cli.commands.printing import announce_prefect, print_summary
 
