@@ -128,7 +128,7 @@ STUDIES: dict[str, Study] = {
 }
 """Issue 6's studies 2 and 3 as ablations (``steer study collapse``, ``steer study sensitivity``): collapse asks
 whether STEER (lambda_min 0.7) prevents entropy collapse at equal or better accuracy against GRPO, Clip-Cov and the
-entropy bonus; sensitivity sweeps lambda_min 0.5..1.0 (1.0 is clip-higher) at the micro-batch normaliser and the
+entropy bonus; sensitivity sweeps lambda_min 0.5..1.0 (1.0 is clip-higher) at the group normaliser (8 sequences) and the
 mini-batch, rollout-batch and running-max normalisers at 0.7. docs/results.md holds their measured results. Study 1
 (the estimator) is its own flow, ``flows/estimator_study.py``."""
 

@@ -42,7 +42,9 @@ def _check(field: str, value: str, registry: Registry) -> None:
 class ClipRange(_Section):
     """PPO's trust region, shared by the clipped losses and by Omega's clip indicator."""
 
-    eps_low: float = Field(0.2, ge=0, lt=1, description="PPO lower clip: ratio floor 1 - eps_low (paper: 0.2).")
+    eps_low: float = Field(
+        0.2, ge=0, le=1, description="PPO lower clip: ratio floor 1 - eps_low (paper: 0.2; 1 = no floor, Clip-Cov 7B)."
+    )
     eps_high: float = Field(
         0.28, ge=0, description="PPO upper clip 1 + eps_high. 0.28 is DAPO's clip-higher, which the paper uses."
     )
@@ -105,15 +107,26 @@ class SteerWeighting(_Section):
     )
     map: str = Field("exp", description="Weight map: exp (the paper), linear ([0.8, 1.2]), asymmetric.")
     normaliser: str = Field(
-        "micro",
-        description="Scope of the normaliser M = max|Omega| (steer.normalisers): micro (the paper and released "
-        "code, for which lambda_min was tuned; makes the micro-batch size a hyperparameter), mini (one optimizer "
+        "group",
+        description="Scope of the normaliser M (steer.normalisers): group (max |Omega| over each normaliser_group "
+        "sequences: the released code's micro-batch of 8, for which lambda_min was tuned, independent of "
+        "optim.micro_batch_size), group_quantile (the quantile of |Omega| over the group: robust to the tail), "
+        "micro (the memory micro-batch's own max; makes micro_batch_size a hyperparameter), mini (one optimizer "
         "step; costs one no-grad forward), rollout (Omega at the rollout policy, r = 1), running (running maximum "
-        "over micro-batches).",
+        "over the groups of one update).",
+    )
+    normaliser_group: int = Field(
+        8,
+        ge=1,
+        description="Sequences per normaliser group (group, group_quantile, running): 8, the released code's "
+        "micro-batch per GPU. Its own setting, so the memory micro-batch size does not change the weights.",
+    )
+    quantile: float = Field(
+        0.99, gt=0, le=1, description="group_quantile normaliser: M = this quantile of |Omega| over the group."
     )
     floor: float = Field(0.0, ge=0, description="Lower bound on M; the released code uses 0.02.")
     running_decay: float = Field(
-        0.99, gt=0, le=1, description="Running normaliser: M <- max(M_micro, decay * M); 1 keeps the all-time max."
+        0.99, gt=0, le=1, description="Running normaliser: M <- max(M_group, decay * M); 1 keeps the max so far."
     )
 
     @model_validator(mode="after")

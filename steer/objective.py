@@ -92,7 +92,7 @@ class Objective:
     shaping: Callable[[Tensor, Tensor, Tensor], Tensor] | None  # (advantages, entropy, mask) -> (N, T)
     omega: OmegaFn
     normaliser_cls: type[Normaliser]
-    normaliser_decay: float
+    normaliser_settings: dict  # decay, group, quantile
     loss_agg_mode: str
     entropy_coef: float
     kl_coef: float
@@ -100,7 +100,7 @@ class Objective:
 
     def new_normaliser(self) -> Normaliser:
         """A fresh normaliser (its state lives for one rollout's update)."""
-        return self.normaliser_cls(self.omega, decay=self.normaliser_decay)
+        return self.normaliser_cls(self.omega, **self.normaliser_settings)
 
     def __call__(
         self,
@@ -179,7 +179,11 @@ def build_objective(cfg: AlgorithmConfig) -> Objective:
         ),
         # only STEER's weights read M; every other arm keeps the (free) micro-batch default
         normaliser_cls=NORMALISERS.get(weighting.normaliser) if steer else MicroMax,
-        normaliser_decay=weighting.running_decay if steer else 1.0,
+        normaliser_settings=dict(
+            decay=weighting.running_decay, group=weighting.normaliser_group, quantile=weighting.quantile
+        )
+        if steer
+        else {},
         loss_agg_mode=cfg.loss_agg_mode,
         entropy_coef=cfg.entropy_coef,
         kl_coef=cfg.kl_coef,
