@@ -250,8 +250,34 @@ _PRESETS: dict[str, dict] = {
     "entropy_bonus": dict(entropy_coef=1e-3),
     "clip_cov": dict(policy_loss="clip_cov"),
     "kl_cov": dict(policy_loss="kl_cov"),
+    # The paper's GRPO row is clip-higher GRPO (method.md): eps 0.2 / 0.28, pinned here whatever the defaults become.
+    "grpo_clip_higher": dict(clip=dict(eps_low=0.2, eps_high=0.28, dual_clip_c=10.0)),
+    # Clip-Cov with Cui et al.'s 7B recipe (method.md): eps_low = eps_high = 1, ratio 2e-4, cov in (1, 5); no dual
+    # clip (their verl loss has none).
+    "clip_cov_7b": dict(
+        clip=dict(eps_low=1.0, eps_high=1.0, dual_clip_c=None),
+        policy_loss=dict(name="clip_cov", clip_ratio=2e-4, cov_lb=1.0, cov_ub=5.0),
+    ),
     # STEER as in the paper's main setting: clip-higher, token-mean, lambda_min = 0.7.
     "steer": dict(token_weighting="steer"),
+    # The paper's STEER: first-order Omega (Theorem 1), lambda_min 0.7, M over groups of 8 sequences, no floor.
+    "steer_paper": dict(
+        token_weighting=dict(
+            name="steer", form="first_order", map="exp", lambda_min=0.7, normaliser="group", normaliser_group=8
+        )
+    ),
+    # The released script's STEER: released Omega form, lambda_min 0.8, M over 8 sequences with the floor 0.02.
+    "steer_released": dict(
+        token_weighting=dict(
+            name="steer",
+            form="released",
+            map="exp",
+            lambda_min=0.8,
+            normaliser="group",
+            normaliser_group=8,
+            floor=0.02,
+        )
+    ),
     "fork_tokens": dict(token_weighting="fork_tokens"),
     "entropy_aware_adv": dict(advantage_shaping="entropy_aware"),
     # REINFORCE on raw +1/-1 rewards with positive samples down-weighted (lambda = 0.1).
