@@ -266,6 +266,18 @@ _PRESETS: dict[str, dict] = {
             name="steer", form="first_order", map="exp", lambda_min=0.7, normaliser="group", normaliser_group=8
         )
     ),
+    # Beyond the paper: steer_paper with M = the 0.99 quantile of |Omega| over each group of 8 (robust to the tail).
+    "steer_robust": dict(
+        token_weighting=dict(
+            name="steer",
+            form="first_order",
+            map="exp",
+            lambda_min=0.7,
+            normaliser="group_quantile",
+            normaliser_group=8,
+            quantile=0.99,
+        )
+    ),
     # The released script's STEER: released Omega form, lambda_min 0.8, M over 8 sequences with the floor 0.02.
     "steer_released": dict(
         token_weighting=dict(

@@ -45,6 +45,12 @@ def test_clip_cov_7b_is_cuis_recipe():
     assert (pl.name, pl.clip_ratio, pl.cov_lb, pl.cov_ub) == ("clip_cov", 2e-4, 1.0, 5.0)
 
 
+def test_steer_robust_is_steer_paper_with_the_quantile_normaliser():
+    paper, robust = get_algorithm("steer_paper").token_weighting, get_algorithm("steer_robust").token_weighting
+    assert (robust.normaliser, robust.quantile) == ("group_quantile", 0.99)
+    assert robust.model_dump(exclude={"normaliser"}) == paper.model_dump(exclude={"normaliser"})
+
+
 def test_every_preset_validates():
     for name in ALGORITHMS.names():
         assert get_algorithm(name).name == name

@@ -79,6 +79,21 @@ def test_group_normaliser_of_a_straddling_micro_batch_scores_the_mini_batch_once
     assert calls == [1]
 
 
+def test_group_quantile_normalises_by_a_quantile_of_the_group_by_hand():
+    from steer.reweighting import steer_weights
+
+    n = NORMALISERS.get("group_quantile")(omega, group=2, quantile=0.5)
+    b = batch([1.0, -2.0])  # |Omega| on valid tokens: row 0: 0.5, 1.5; row 1: 2 * 0.5 = 1.0 -> median 1.0
+    n.start(b)
+    n.before_step(b, lambda: pytest.fail("a micro-batch of whole groups needs no forward"))
+    m = n.for_micro(b, b.old_logp, b.old_entropy)
+    assert torch.allclose(m, torch.tensor([[1.0], [1.0]]))
+    w = steer_weights(omega(b.old_logp, b.old_logp, b.old_entropy, b.old_entropy, b.advantages, b.response_mask),
+                      b.response_mask, lambda_min=0.5, max_abs=m)  # fmt: skip
+    # 0.5 ** (0.5 / 1) on the token below M; the token above M (1.5) and the one at M both get lambda_min
+    assert torch.allclose(w, torch.tensor([[0.5**0.5, 0.5, 1.0], [0.5, 1.0, 1.0]]))
+
+
 def test_policy_update_compares_no_config_string():
     source = inspect.getsource(policy_update)
     assert '== "' not in source and "cfg." not in source
