@@ -73,6 +73,7 @@ def policy_update(
     device = batch.response_mask.device
     omega_all, weights_all, adv_all = (torch.zeros(n, t, device=device) for _ in range(3))
     seen = torch.zeros(n, dtype=torch.bool)
+    rollout_metrics = objective.start_rollout(batch.old_entropy, batch.response_mask)  # H_k: STARE, entropy control
     normaliser = objective.new_normaliser()
     normaliser.start(batch)
     scoring = dict(temperature=temperature, autocast_dtype=autocast_dtype)
@@ -127,4 +128,5 @@ def policy_update(
     out["actor/optimizer_steps"] = steps
     out["actor/skipped_steps"] = skipped
     out["actor/lr"] = optimizer.param_groups[0]["lr"]
+    out.update(rollout_metrics)
     return UpdateResult(out, omega_all, weights_all, adv_all)
