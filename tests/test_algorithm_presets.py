@@ -54,3 +54,12 @@ def test_steer_robust_is_steer_paper_with_the_quantile_normaliser():
 def test_every_preset_validates():
     for name in ALGORITHMS.names():
         assert get_algorithm(name).name == name
+
+
+def test_the_baselines_study_runs_the_eleven_arms_on_the_collapse_preset(tmp_path):
+    from steer.ablation import STUDIES
+
+    jobs = STUDIES["baselines"].config(seeds=[0], steps=2).jobs(tmp_path)
+    assert len(jobs) == 11 and {"grpo", "grpo_clip_higher", "steer_paper", "stare", "gspo"} <= {j.arm for j in jobs}
+    assert {j.config.model_dump_json(exclude={"algorithm", "output_dir"}) for j in jobs}.__len__() == 1
+    assert all(j.config.preset == "collapse" and j.config.steps == 2 for j in jobs)
