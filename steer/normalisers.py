@@ -126,6 +126,10 @@ class GroupMax(Normaliser):
     no-grad forward of the mini-batch at the same parameters (``score``). Returns M per sequence, (N, 1)."""
 
     quantile_of: float | None = None  # None: the maximum
+    mini: PolicyBatch | None = None  # the optimizer step's mini-batch, its scorer, and the rows seen of it so far
+    score: ScoreFn | None = None
+    offset: int = 0
+    m_mini: Tensor | None = None  # M of every group of the mini-batch, when a micro-batch straddles groups
 
     def before_step(self, mini: PolicyBatch, score: ScoreFn) -> None:
         self.mini, self.score, self.offset, self.m_mini = mini, score, 0, None
