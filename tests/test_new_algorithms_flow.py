@@ -1,6 +1,7 @@
 """Issue 15's new presets train through the real flow (Prefect, MLflow, Parquet) on the test-size policy, and the
 ablation accepts each as an arm. One step each: structure only (finite metrics, weights in range), no threshold."""
 
+import json
 import math
 
 import pytest
@@ -8,6 +9,7 @@ from test_train_flow import SMALL, metric_history
 
 from flows.train import train
 from steer.ablation import AblationConfig, select_arms
+from steer.checkpoint import latest_checkpoint
 from steer.config import load_config
 from steer.rollout_store import read_rollouts
 
@@ -46,3 +48,8 @@ def test_each_new_algorithm_trains_a_step_on_the_small_policy(prefect_harness, s
             name, (0.0, 1.1) if name == "stare" else (1.0, 1.0)
         )
         assert all(lo - 1e-6 <= w <= hi + 1e-6 for w in weights), name
+        if name == "adaptive_entropy":  # the steered coefficient is in the checkpoint, for a resume to continue it
+            manifest = json.loads((latest_checkpoint(out / "checkpoints") / "manifest.json").read_text())
+            [h] = metric_history(out, "rollout/entropy").values()
+            coef = manifest["extra"]["objective"]["entropy_control"]["coef"]
+            assert coef == pytest.approx(0.005 if h < 0.2 else 0.0)  # c_1 = clamp(c_0 +- delta, 0, max), c_0 = 0
