@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-import steer.losses_gspo_cispo  # noqa: F401  (registers the gspo and cispo losses)
 from steer.aggregation import aggregate
 from steer.algorithms import AlgorithmConfig, ForkTokenWeighting, NoWeighting, StareWeighting, SteerWeighting
 from steer.entropy_control import AdaptiveEntropyCoef, stare_weights
