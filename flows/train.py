@@ -179,7 +179,7 @@ def train(config: RunConfig) -> dict:
                 evaluate(done)
             # the checkpoint comes last: everything of the steps before it is persisted when it appears
             if _due(done, config.checkpoint_every, config.steps):
-                rt.extra = {"evals": evals}
+                rt.extra = {"evals": evals, "objective": rt.objective.state_dict()}  # adaptive entropy coef
                 checkpoint(rt, done)
             report.step(done, metrics, time.perf_counter() - t0)
 

@@ -120,11 +120,37 @@ STUDIES: dict[str, Study] = {
         output_root="runs/study-sensitivity",
         experiment="steer-study-sensitivity",
     ),
+    "baselines": Study(
+        arms=tuple(
+            ArmSpec(name=a, algorithm=a)
+            for a in (
+                "grpo",
+                "grpo_clip_higher",
+                "steer_paper",
+                "steer_released",
+                "steer_robust",
+                "clip_cov_7b",
+                "kl_cov",
+                "entropy_bonus",
+                "adaptive_entropy",
+                "stare",
+                "gspo",
+            )
+        ),
+        preset="collapse",
+        seeds=(0, 1, 2),
+        output_root="runs/study-baselines",
+        experiment="steer-study-baselines",
+    ),
 }
 """Issue 6's studies 2 and 3 as ablations (``steer study collapse``, ``steer study sensitivity``): collapse asks
 whether STEER (lambda_min 0.7) prevents entropy collapse at equal or better accuracy against GRPO, Clip-Cov and the
-entropy bonus; sensitivity sweeps lambda_min 0.5..1.0 (1.0 is clip-higher) at the micro-batch normaliser and the
-mini-batch, rollout-batch and running-max normalisers at 0.7. docs/results.md holds their measured results. Study 1
+entropy bonus; sensitivity sweeps lambda_min 0.5..1.0 (1.0 is clip-higher) at the group normaliser (8 sequences) and the
+mini-batch, rollout-batch and running-max normalisers at 0.7. Issue 15's ``baselines`` (``steer study baselines``)
+runs the 11 arms the field compares with (GRPO as an extra arm, clip-higher GRPO the paper's GRPO row, STEER as the
+paper and as the released script, STEER with the robust normaliser, Clip-Cov with Cui's 7B recipe, KL-Cov, the entropy
+bonus, adaptive entropy control, STARE, GSPO) on ``collapse.yaml``, where clip-higher GRPO's entropy falls fastest
+(docs/results.md, section 4). docs/results.md holds their measured results. Study 1
 (the estimator) is its own flow, ``flows/estimator_study.py``."""
 
 

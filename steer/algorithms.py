@@ -40,7 +40,9 @@ class _Section(BaseModel):
 class ClipRange(_Section):
     """PPO's trust region, shared by the clipped losses and by Omega's clip indicator."""
 
-    eps_low: float = Field(0.2, ge=0, lt=1, description="PPO lower clip: ratio floor 1 - eps_low (paper: 0.2).")
+    eps_low: float = Field(
+        0.2, ge=0, le=1, description="PPO lower clip: ratio floor 1 - eps_low (paper: 0.2; 1 = no floor, Clip-Cov 7B)."
+    )
     eps_high: float = Field(
         0.28, ge=0, description="PPO upper clip 1 + eps_high. 0.28 is DAPO's clip-higher, which the paper uses."
     )
@@ -79,7 +81,22 @@ class ReinforceLoss(_Section):
     name: Literal["reinforce"] = "reinforce"
 
 
-PolicyLoss = Annotated[PpoClipLoss | ClipCovLoss | KlCovLoss | ReinforceLoss, Field(discriminator="name")]
+class GspoLoss(_Section):
+    """GSPO (Zheng et al. 2025, arXiv 2507.18071): the length-normalised sequence ratio and its clip (clip.eps_*;
+    the paper's 3e-4 / 4e-4 in the gspo preset)."""
+
+    name: Literal["gspo"] = "gspo"
+
+
+class CispoLoss(_Section):
+    """CISPO (MiniMax-M1, arXiv 2506.13585): REINFORCE weighted by the clipped, detached token ratio (clip.eps_*)."""
+
+    name: Literal["cispo"] = "cispo"
+
+
+PolicyLoss = Annotated[
+    PpoClipLoss | ClipCovLoss | KlCovLoss | ReinforceLoss | GspoLoss | CispoLoss, Field(discriminator="name")
+]
 
 
 # -------------------------------------------------------------------------------------------- token weighting
@@ -103,15 +120,26 @@ class SteerWeighting(_Section):
     )
     map: WeightMapName = Field("exp", description="Weight map: exp (the paper), linear ([0.8, 1.2]), asymmetric.")
     normaliser: NormaliserName = Field(
-        "micro",
-        description="Scope of the normaliser M = max|Omega| (steer.normalisers): micro (the paper and released "
-        "code, for which lambda_min was tuned; makes the micro-batch size a hyperparameter), mini (one optimizer "
+        "group",
+        description="Scope of the normaliser M (steer.normalisers): group (max |Omega| over each normaliser_group "
+        "sequences: the released code's micro-batch of 8, for which lambda_min was tuned, independent of "
+        "optim.micro_batch_size), group_quantile (the quantile of |Omega| over the group: robust to the tail), "
+        "micro (the memory micro-batch's own max; makes micro_batch_size a hyperparameter), mini (one optimizer "
         "step; costs one no-grad forward), rollout (Omega at the rollout policy, r = 1), running (running maximum "
-        "over micro-batches).",
+        "over the groups of one update).",
+    )
+    normaliser_group: int = Field(
+        8,
+        ge=1,
+        description="Sequences per normaliser group (group, group_quantile, running): 8, the released code's "
+        "micro-batch per GPU. Its own setting, so the memory micro-batch size does not change the weights.",
+    )
+    quantile: float = Field(
+        0.99, gt=0, le=1, description="group_quantile normaliser: M = this quantile of |Omega| over the group."
     )
     floor: float = Field(0.0, ge=0, description="Lower bound on M; the released code uses 0.02.")
     running_decay: float = Field(
-        0.99, gt=0, le=1, description="Running normaliser: M <- max(M_micro, decay * M); 1 keeps the all-time max."
+        0.99, gt=0, le=1, description="Running normaliser: M <- max(M_group, decay * M); 1 keeps the max so far."
     )
 
 
@@ -122,7 +150,23 @@ class ForkTokenWeighting(_Section):
     top_rho: float = Field(0.2, gt=0, le=1, description="Share of highest-entropy tokens kept.")
 
 
-TokenWeighting = Annotated[NoWeighting | SteerWeighting | ForkTokenWeighting, Field(discriminator="name")]
+class StareWeighting(_Section):
+    """STARE (Luo et al. 2026, arXiv 2606.19236): the highest-surprisal tokens of the A > 0 (and, C2, A < 0)
+    responses reweighted, while the rollout's entropy is below a target. Defaults: the reference script's."""
+
+    name: Literal["stare"] = "stare"
+    top_ratio: float = Field(0.1, ge=0, le=1, description="Share P of each advantage-sign subset reweighted (10%).")
+    reweight_w: float = Field(1.1, ge=1, description="Weight W of the high-surprisal A > 0 tokens (amplified).")
+    reweight_m: float = Field(0.9, gt=0, le=1, description="Weight M of the high-surprisal A < 0 tokens (C2 only).")
+    variant: Literal["O1", "C2"] = Field("O1", description="O1: amplify L+ only (the paper's default); C2: both.")
+    target_entropy: float = Field(
+        0.3, ge=0, description="Gate: reweight only while the rollout's entropy is below it (reference: 0.3)."
+    )
+
+
+TokenWeighting = Annotated[
+    NoWeighting | SteerWeighting | ForkTokenWeighting | StareWeighting, Field(discriminator="name")
+]
 
 
 # ------------------------------------------------------------------------------------------ advantage shaping
@@ -142,10 +186,32 @@ class EntropyAwareShaping(_Section):
 
 AdvantageShaping = Annotated[NoShaping | EntropyAwareShaping, Field(discriminator="name")]
 
+
+# ------------------------------------------------------------------------------------------- entropy control
+class FixedEntropyCoef(_Section):
+    """The entropy bonus coefficient is ``entropy_coef``, constant."""
+
+    name: Literal["fixed"] = "fixed"
+
+
+class AdaptiveEntropyControl(_Section):
+    """Adaptive entropy control (Skywork-OR1, arXiv 2505.22312): the bonus coefficient steered toward a target
+    entropy, applied only while the rollout's entropy is at or below it (replaces ``entropy_coef``)."""
+
+    name: Literal["adaptive"] = "adaptive"
+    target_entropy: float = Field(0.2, ge=0, description="Target rollout entropy (Skywork-OR1: 0.2).")
+    delta: float = Field(0.005, gt=0, description="Step of the coefficient per rollout (Skywork-OR1: 0.005).")
+    coef_init: float = Field(0.0, ge=0, description="Coefficient at the first rollout (Skywork-OR1: 0).")
+    coef_max: float = Field(0.05, gt=0, description="Upper bound on the coefficient (a guard; 0.01 explodes).")
+
+
+EntropyControl = Annotated[FixedEntropyCoef | AdaptiveEntropyControl, Field(discriminator="name")]
+
 SECTIONS: dict[str, tuple[type[_Section], ...]] = {  # the first variant is the default
-    "policy_loss": (PpoClipLoss, ClipCovLoss, KlCovLoss, ReinforceLoss),
-    "token_weighting": (NoWeighting, SteerWeighting, ForkTokenWeighting),
+    "policy_loss": (PpoClipLoss, ClipCovLoss, KlCovLoss, ReinforceLoss, GspoLoss, CispoLoss),
+    "token_weighting": (NoWeighting, SteerWeighting, ForkTokenWeighting, StareWeighting),
     "advantage_shaping": (NoShaping, EntropyAwareShaping),
+    "entropy_control": (FixedEntropyCoef, AdaptiveEntropyControl),
 }
 """The component sections of ``AlgorithmConfig``: field -> its variants (each chosen by its ``name``)."""
 
@@ -198,6 +264,10 @@ class AlgorithmConfig(_Section):
     entropy_coef: float = Field(
         0.0, ge=0, description="Entropy bonus beta (loss - beta * H). 1e-4..1e-3 barely acts; 0.01 explodes."
     )
+    entropy_control: EntropyControl = Field(
+        default_factory=FixedEntropyCoef,
+        description="fixed (entropy_coef) or adaptive (Skywork-OR1: the coefficient steered toward a target entropy).",
+    )
     kl_coef: float = Field(0.0, ge=0, description="KL penalty to the reference policy; 0 (the paper) skips it.")
     kl_estimator: KlEstimatorName = Field("k3", description="KL estimator: k1, k2, k3 (Schulman's, non-negative).")
 
@@ -221,10 +291,60 @@ _PRESETS: dict[str, dict] = {
     "entropy_bonus": dict(entropy_coef=1e-3),
     "clip_cov": dict(policy_loss="clip_cov"),
     "kl_cov": dict(policy_loss="kl_cov"),
+    # The paper's GRPO row is clip-higher GRPO (method.md): eps 0.2 / 0.28, pinned here whatever the defaults become.
+    "grpo_clip_higher": dict(clip=dict(eps_low=0.2, eps_high=0.28, dual_clip_c=10.0)),
+    # Clip-Cov with Cui et al.'s 7B recipe (method.md): eps_low = eps_high = 1, ratio 2e-4, cov in (1, 5); no dual
+    # clip (their verl loss has none).
+    "clip_cov_7b": dict(
+        clip=dict(eps_low=1.0, eps_high=1.0, dual_clip_c=None),
+        policy_loss=dict(name="clip_cov", clip_ratio=2e-4, cov_lb=1.0, cov_ub=5.0),
+    ),
     # STEER as in the paper's main setting: clip-higher, token-mean, lambda_min = 0.7.
     "steer": dict(token_weighting="steer"),
+    # The paper's STEER: first-order Omega (Theorem 1), lambda_min 0.7, M over groups of 8 sequences, no floor.
+    "steer_paper": dict(
+        token_weighting=dict(
+            name="steer", form="first_order", map="exp", lambda_min=0.7, normaliser="group", normaliser_group=8
+        )
+    ),
+    # Beyond the paper: steer_paper with M = the 0.99 quantile of |Omega| over each group of 8 (robust to the tail).
+    "steer_robust": dict(
+        token_weighting=dict(
+            name="steer",
+            form="first_order",
+            map="exp",
+            lambda_min=0.7,
+            normaliser="group_quantile",
+            normaliser_group=8,
+            quantile=0.99,
+        )
+    ),
+    # The released script's STEER: released Omega form, lambda_min 0.8, M over 8 sequences with the floor 0.02.
+    "steer_released": dict(
+        token_weighting=dict(
+            name="steer",
+            form="released",
+            map="exp",
+            lambda_min=0.8,
+            normaliser="group",
+            normaliser_group=8,
+            floor=0.02,
+        )
+    ),
     "fork_tokens": dict(token_weighting="fork_tokens"),
     "entropy_aware_adv": dict(advantage_shaping="entropy_aware"),
+    # GSPO: sequence-level ratio and clip, the paper's clip range 3e-4 / 4e-4, sequence-mean aggregation, no dual clip.
+    "gspo": dict(
+        policy_loss="gspo",
+        clip=dict(eps_low=3e-4, eps_high=4e-4, dual_clip_c=None),
+        loss_agg_mode="seq-mean-token-mean",
+    ),
+    # CISPO: no lower bound on the IS weight (eps_low 1); eps_high 0.28 is our assumption (MiniMax-M1 omits it).
+    "cispo": dict(policy_loss="cispo", clip=dict(eps_low=1.0, eps_high=0.28, dual_clip_c=None)),
+    # Skywork-OR1's adaptive entropy control on clip-higher GRPO: target 0.2, delta 0.005, c_0 = 0.
+    "adaptive_entropy": dict(entropy_control=dict(name="adaptive", target_entropy=0.2, delta=0.005)),
+    # STARE (O1) on clip-higher GRPO with the reference script's settings.
+    "stare": dict(token_weighting="stare"),
     # REINFORCE on raw +1/-1 rewards with positive samples down-weighted (lambda = 0.1).
     "w_reinforce": dict(advantage_estimator="w_reinforce", policy_loss="reinforce"),
 }

@@ -349,3 +349,7 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.T
     if logp.shape != ref_logp.shape:
         raise ValueError(f"`logp` and `ref_logp` must have the same shape, got {logp.shape} and {ref_logp.shape}")
     return KL_ESTIMATORS.get(kind)(logp, ref_logp)
+
+
+# GSPO and CISPO live in their own module; importing it here registers them whenever POLICY_LOSSES is imported.
+from steer import losses_gspo_cispo  # noqa: E402, F401

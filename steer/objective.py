@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from steer.aggregation import aggregate
-from steer.algorithms import AlgorithmConfig, ForkTokenWeighting, NoWeighting, SteerWeighting
+from steer.algorithms import AlgorithmConfig, ForkTokenWeighting, NoWeighting, StareWeighting, SteerWeighting
+from steer.entropy_control import AdaptiveEntropyCoef, stare_weights
 from steer.interventions import ADVANTAGE_SHAPINGS, fork_token_weights
 from steer.losses import KL_ESTIMATORS, POLICY_LOSSES, entropy_bonus, kl_penalty
 from steer.normalisers import NORMALISERS, MicroMax, Normaliser, OmegaFn
@@ -42,6 +43,7 @@ class TokenContext:
     mask: Tensor
     omega: Tensor  # predicted entropy change
     steer_max_abs: Tensor | None  # normaliser M from a wider scope, or None for this micro-batch's max
+    rollout_entropy: float | None = None  # token-mean entropy of the rollout under pi_old (Objective.start_rollout)
 
 
 Weighting = Callable[[TokenContext], Tensor]
@@ -64,6 +66,12 @@ def _steer_weights(section: SteerWeighting) -> Weighting:
 @TOKEN_WEIGHTINGS.register("fork_tokens")
 def _fork_weights(section: ForkTokenWeighting) -> Weighting:
     return lambda ctx: fork_token_weights(ctx.entropy, ctx.mask, top_rho=section.top_rho)
+
+
+@TOKEN_WEIGHTINGS.register("stare")
+def _stare_weights(section: StareWeighting) -> Weighting:
+    params = own_settings(section)
+    return lambda ctx: stare_weights(ctx.logp, ctx.advantages, ctx.mask, rollout_entropy=ctx.rollout_entropy, **params)
 
 
 # Omega reads H under the current policy in Theorem 1's form and the rollout-time H_old in the released code's
@@ -92,15 +100,34 @@ class Objective:
     shaping: Callable[[Tensor, Tensor, Tensor], Tensor] | None  # (advantages, entropy, mask) -> (N, T)
     omega: OmegaFn
     normaliser_cls: type[Normaliser]
-    normaliser_decay: float
+    normaliser_settings: dict  # decay, group, quantile
     loss_agg_mode: str
     entropy_coef: float
     kl_coef: float
     kl_fn: Callable[[Tensor, Tensor], Tensor]
+    entropy_controller: AdaptiveEntropyCoef | None = None  # replaces entropy_coef when set
+    rollout: dict = field(default_factory=dict)  # per-rollout values set by start_rollout: entropy, entropy_coef
+
+    def start_rollout(self, old_entropy: Tensor, mask: Tensor) -> dict[str, float]:
+        """Once per rollout, before its update: measure the rollout's token-mean entropy H_k under pi_old (one host
+        sync), which STARE's gate reads, and step the adaptive entropy coefficient. Returns its metrics."""
+        valid = mask.bool()
+        h = float(torch.where(valid, old_entropy, torch.zeros_like(old_entropy)).sum() / valid.sum().clamp(min=1))
+        coef = self.entropy_coef if self.entropy_controller is None else self.entropy_controller.update(h)
+        self.rollout.update(entropy=h, entropy_coef=coef)
+        return {"actor/entropy_coef": coef}
+
+    def state_dict(self) -> dict:
+        """State that outlives one update (the adaptive entropy coefficient), for the checkpoint."""
+        return {} if self.entropy_controller is None else {"entropy_control": self.entropy_controller.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.entropy_controller is not None and "entropy_control" in state:
+            self.entropy_controller.load_state_dict(state["entropy_control"])
 
     def new_normaliser(self) -> Normaliser:
         """A fresh normaliser (its state lives for one rollout's update)."""
-        return self.normaliser_cls(self.omega, decay=self.normaliser_decay)
+        return self.normaliser_cls(self.omega, **self.normaliser_settings)
 
     def __call__(
         self,
@@ -134,13 +161,17 @@ class Objective:
         adv = advantages if self.shaping is None else self.shaping(advantages, entropy.detach(), mask)  # (N, T)
         loss_mat, metrics = self.loss_fn(logp, old_logp, adv, mask, generator=generator)  # (N, T)
         omega = self.omega(logp, old_logp, entropy, old_entropy, adv, mask)  # (N, T), a diagnostic for every arm
-        ctx = TokenContext(logp.detach(), old_logp, entropy.detach(), old_entropy, adv, mask, omega, steer_max_abs)
+        ctx = TokenContext(
+            logp.detach(), old_logp, entropy.detach(), old_entropy, adv, mask, omega, steer_max_abs,
+            rollout_entropy=self.rollout.get("entropy"),
+        )  # fmt: skip
         weights = self.weighting(ctx)  # (N, T), detached
         counts = dict(num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len)
         pg_loss = aggregate(loss_mat * weights, mask, self.loss_agg_mode, **counts)
         loss = pg_loss
-        if self.entropy_coef > 0:
-            loss = loss + aggregate(entropy_bonus(entropy, self.entropy_coef), mask, self.loss_agg_mode, **counts)
+        entropy_coef = self.rollout.get("entropy_coef", self.entropy_coef)
+        if entropy_coef > 0:
+            loss = loss + aggregate(entropy_bonus(entropy, entropy_coef), mask, self.loss_agg_mode, **counts)
         if self.kl_coef > 0:
             if ref_logp is None:
                 raise ValueError("kl_coef > 0 needs ref_logp: set kl_coef=0 or keep a reference model")
@@ -179,9 +210,16 @@ def build_objective(cfg: AlgorithmConfig) -> Objective:
         ),
         # only STEER's weights read M; every other arm keeps the (free) micro-batch default
         normaliser_cls=NORMALISERS.get(weighting.normaliser) if steer else MicroMax,
-        normaliser_decay=weighting.running_decay if steer else 1.0,
+        normaliser_settings=dict(
+            decay=weighting.running_decay, group=weighting.normaliser_group, quantile=weighting.quantile
+        )
+        if steer
+        else {},
         loss_agg_mode=cfg.loss_agg_mode,
         entropy_coef=cfg.entropy_coef,
         kl_coef=cfg.kl_coef,
         kl_fn=functools.partial(kl_penalty, kind=cfg.kl_estimator),
+        entropy_controller=AdaptiveEntropyCoef(**own_settings(cfg.entropy_control))
+        if cfg.entropy_control.name == "adaptive"
+        else None,
     )

@@ -165,17 +165,24 @@ def steer_weights_linear(
     floor: float = 0.0,
     max_abs: Tensor | float | None = None,
 ) -> Tensor:
-    """Released-code variant: |Omega| / M mapped linearly from ``high`` (|Omega| = 0) down to ``low`` (the maximum).
+    """Released-code variant, a min-max map: s = (|Omega| - lo) / (M - lo) in [0, 1], w = high - (high - low) s,
+    so the smallest |Omega| gets ``high`` and the largest ``low``.
 
-    Unlike the exponential map it also up-weights tokens whose predicted entropy change is small (w > 1).
-    Returns (N, T) weights in [low, high] on valid tokens, 1 on padding.
+    lo = min |Omega| over the valid tokens passed in (the call's micro-batch); M = max(floor, the normaliser's M, or
+    the call's max). Unlike the exponential map it also up-weights tokens whose predicted entropy change is small
+    (w > 1). Returns (N, T) weights in [low, high] on valid tokens, 1 on padding; ``high`` everywhere when M <= lo.
     """
     if not 0.0 <= low <= high:
         raise ValueError(f"need 0 <= low <= high, got low={low}, high={high}")
+    valid = mask.bool()
+    a = omega.abs()
     m = _normaliser(omega, mask, max_abs, floor)
-    scaled = (omega.abs() / m.clamp(min=torch.finfo(omega.dtype).tiny)).clamp(max=1.0)  # (N, T); 0 when M = 0
+    lo = torch.where(valid, a, torch.full_like(a, float("inf"))).min() if a.numel() else a.new_zeros(())
+    lo = torch.minimum(lo, m)  # no valid token (inf), or M below every |Omega| (a floor or a wider scope)
+    span = (m - lo).clamp(min=torch.finfo(omega.dtype).tiny)
+    scaled = ((a - lo) / span).clamp(0.0, 1.0)  # (N, T); 0 where M = lo
     w = high - (high - low) * scaled  # (N, T)
-    return torch.where(mask.bool(), w, torch.ones_like(w))
+    return torch.where(valid, w, torch.ones_like(w))
 
 
 @WEIGHT_MAPS.register("asymmetric")

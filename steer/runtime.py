@@ -107,4 +107,5 @@ def open_runtime(config: RunConfig, policy_path: str) -> Runtime:
         start, extra = load_checkpoint(ckpt, model, optimizer, {}, verify=False)  # verified just above
     engine = make_rollout_engine(config.rollout.backend, model=model, tokenizer=tokenizer)
     objective = build_objective(config.algorithm)
+    objective.load_state_dict(extra.get("objective", {}))  # the adaptive entropy coefficient of a resumed run
     return Runtime(config, model, tokenizer, optimizer, engine, device, start, extra, objective, resume)

@@ -47,11 +47,20 @@ def score_batch(
     temperature: float = 1.0,
     autocast_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """No-grad log-probs and entropies of the whole batch, micro-batch by micro-batch: (N, T), (N, T)."""
+    """No-grad log-probs and entropies of the whole batch, micro-batch by micro-batch: (N, T), (N, T).
+
+    Scored in eval mode (no dropout), as the sampler saw the policy; the model's train/eval mode is restored after.
+    """
     logps, ents = [], []
-    for idx in torch.arange(len(batch)).split(micro_batch_size):
-        logp, ent = forward_logprobs(model, batch.select(idx), temperature=temperature, autocast_dtype=autocast_dtype)
-        logps.append(logp)
-        ents.append(ent)
+    was_training = model.training
+    model.eval()
+    try:
+        for idx in torch.arange(len(batch)).split(micro_batch_size):
+            sub = batch.select(idx)
+            logp, ent = forward_logprobs(model, sub, temperature=temperature, autocast_dtype=autocast_dtype)
+            logps.append(logp)
+            ents.append(ent)
+    finally:
+        model.train(was_training)
     mask = batch.response_mask
     return torch.cat(logps) * mask, torch.cat(ents) * mask  # (N, T), zeros on padding

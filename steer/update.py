@@ -48,6 +48,7 @@ def policy_update(
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
     shuffle: bool = True,
+    max_response_len: int | None = None,
 ) -> UpdateResult:
     """Optimizer steps on one rollout batch (``batch.old_logp`` and ``old_entropy`` must be set).
 
@@ -56,6 +57,8 @@ def policy_update(
         mini_batch_size: responses per optimizer step. micro_batch_size: responses per forward/backward.
         epochs: passes over the rollout (PPO epochs; the paper uses 1).
         generator: drives the shuffle and Clip-Cov's random choice; seed it for reproducibility.
+        max_response_len: the constant of Dr.GRPO's ``seq-mean-token-sum-norm``, the generation budget
+            (``rollout.max_new_tokens``) as Dr.GRPO defines it; default: T, this batch's longest response.
     """
     if batch.old_logp is None or batch.old_entropy is None:
         raise ValueError("batch.old_logp / old_entropy are missing: score the batch with score_batch() first")
@@ -70,6 +73,7 @@ def policy_update(
     device = batch.response_mask.device
     omega_all, weights_all, adv_all = (torch.zeros(n, t, device=device) for _ in range(3))
     seen = torch.zeros(n, dtype=torch.bool)
+    rollout_metrics = objective.start_rollout(batch.old_entropy, batch.response_mask)  # H_k: STARE, entropy control
     normaliser = objective.new_normaliser()
     normaliser.start(batch)
     scoring = dict(temperature=temperature, autocast_dtype=autocast_dtype)
@@ -78,7 +82,7 @@ def policy_update(
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for mini_idx in order.split(mini_batch_size):
             mini = batch.select(mini_idx)
-            counts = dict(num_tokens=mini.response_mask.sum(), num_seqs=len(mini), max_len=t)
+            counts = dict(num_tokens=mini.response_mask.sum(), num_seqs=len(mini), max_len=max_response_len or t)
             normaliser.before_step(
                 mini, lambda m=mini: score_batch(model, m, micro_batch_size=micro_batch_size, **scoring)
             )
@@ -124,4 +128,5 @@ def policy_update(
     out["actor/optimizer_steps"] = steps
     out["actor/skipped_steps"] = skipped
     out["actor/lr"] = optimizer.param_groups[0]["lr"]
+    out.update(rollout_metrics)
     return UpdateResult(out, omega_all, weights_all, adv_all)

@@ -97,6 +97,7 @@ def update_policy(
         max_grad_norm=cfg.optim.max_grad_norm,
         generator=torch.Generator().manual_seed(seed),  # CPU: drives the shuffle and Clip-Cov's choice
         autocast_dtype=rt.autocast_dtype,
+        max_response_len=cfg.rollout.max_new_tokens,  # Dr.GRPO's constant: the budget, not the batch's longest
     )
     return result, batch
 

@@ -88,8 +88,8 @@ def test_studies_expand_into_valid_runs_that_differ_only_where_they_should():
     assert {j.config.model_dump_json(exclude={"algorithm", "seed", "output_dir"}) for j in collapse}.__len__() == 1
 
     sens = {j.arm: j.config.algorithm for j in STUDIES["sensitivity"].config(seeds=[0]).jobs(Path("/tmp/r"))}
-    lams = {a: c.token_weighting.lambda_min for a, c in sens.items() if c.token_weighting.normaliser == "micro"}
+    lams = {a: c.token_weighting.lambda_min for a, c in sens.items() if c.token_weighting.normaliser == "group"}
     assert lams == {f"steer_{x}": x for x in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)}
     scopes = {c.token_weighting.normaliser for c in sens.values() if c.token_weighting.lambda_min == 0.7}
-    assert scopes == {"micro", "mini", "rollout", "running"}
+    assert scopes == {"group", "mini", "rollout", "running"}
     assert all(c.token_weighting.name == "steer" for c in sens.values())

@@ -34,7 +34,7 @@ def _logps(ratios, old=-1.0):
 
 
 def test_registries():
-    assert POLICY_LOSSES.names() == ["clip_cov", "kl_cov", "ppo_clip", "reinforce"]
+    assert POLICY_LOSSES.names() == ["cispo", "clip_cov", "gspo", "kl_cov", "ppo_clip", "reinforce"]
     assert KL_ESTIMATORS.names() == ["k1", "k2", "k3"]
     assert POLICY_LOSSES.get("ppo_clip") is ppo_clip_loss
 

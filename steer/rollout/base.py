@@ -114,10 +114,20 @@ def register_lazy(name: str, target: str) -> None:
 def encode_prompts(
     tokenizer: Any, prompts: list[str], *, n_samples: int, max_new_tokens: int, add_special_tokens: bool = True
 ) -> list[list[int]]:
-    """Check a ``generate`` call's arguments and tokenize its B prompts (each engine's first step)."""
+    """Check a ``generate`` call's arguments and tokenize its B prompts (each engine's first step).
+
+    A prompt whose text already starts with BOS (a chat template that writes it, e.g. Llama-3's) keeps one BOS: the
+    tokenizer's own is not added on top of it."""
     if not prompts or n_samples < 1 or max_new_tokens < 1:
         raise ValueError("generate needs at least one prompt, n_samples >= 1 and max_new_tokens >= 1")
-    return [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    out = []
+    for p in prompts:
+        ids = tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"]
+        if add_special_tokens and bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
+            ids = ids[1:]  # the template's BOS and the tokenizer's: one
+        out.append(ids)
+    return out
 
 
 def make_rollout_engine(name: str, **kwargs: Any) -> RolloutEngine:

@@ -172,6 +172,12 @@ STUDY_COMMANDS: dict[str, StudyCommand] = {
         study_ablation.runner("sensitivity"),
         "STEER's lambda_min (0.5-1.0) and normaliser scope (micro, mini, rollout, running)",
     ),
+    "baselines": (
+        study_ablation.arguments("baselines"),
+        study_ablation.runner("baselines"),
+        "issue 15's 11 arms (GRPO, clip-higher, STEER paper/released/robust, Clip-Cov 7B, KL-Cov, entropy bonus, "
+        "adaptive entropy, STARE, GSPO) in the collapsing setting (collapse.yaml), 3 seeds",
+    ),
 }
 """Study name -> (add_arguments, run, help)."""
 
