@@ -8,11 +8,12 @@
 #   scripts/service.sh logs server|worker|mlflow          follow a log
 #   scripts/service.sh env                                the exports a shell needs to talk to these services
 #
-# The Prefect server is Prefect's own background server (`prefect server start --background`, stopped by
-# `prefect server stop`; its pid file is $PREFECT_HOME/server.pid). The worker and the MLflow server run in sessions
-# of their own (process groups) with pid files in $STEER_SERVICE_DIR; `stop` signals only what those pid files name
-# and the flow runs the worker started (SIGTERM, then SIGKILL after STEER_STOP_TIMEOUT = 10 s; an interrupted training
-# run resumes from its last checkpoint when rerun), so it never touches anything it did not start.
+# Each process runs in its own session (process group) and leaves a pid file in $STEER_SERVICE_DIR; `stop` signals
+# only the process groups named by those pid files and the flow runs the worker started (SIGTERM, then SIGKILL after
+# STEER_STOP_TIMEOUT = 10 s; an interrupted training run resumes from its last checkpoint when rerun), so it never
+# touches anything it did not start. (Prefect's own `prefect server start --background` is not used: it leaves the
+# server writing its log into a pipe of the command that started it, which has exited, and the server dies of the
+# broken pipe once it logs; seen with prefect 3.9.1.)
 #
 # Flow runs started by the worker log to MLflow through the MLflow server (http://127.0.0.1:$MLFLOW_PORT), never to
 # its database file directly. `start server` creates the global concurrency limits steer-train-cpu and
@@ -38,7 +39,6 @@ STORE="${STEER_MLFLOW_STORE:-sqlite:///$ROOT/runs/mlflow.db}"
 ARTIFACTS="${STEER_MLFLOW_ARTIFACTS:-$ROOT/runs/mlartifacts}"  # for runs logged through the MLflow server
 ALL=(server mlflow worker)  # start order: the worker logs through the MLflow server
 SLOTS="${STEER_TRAIN_SLOTS:-1}"
-SERVER_PID_FILE="$PREFECT_HOME_DIR/server.pid"
 
 export PREFECT_API_URL="http://$HOST:$PREFECT_PORT/api"
 export PREFECT_HOME="$PREFECT_HOME_DIR"
@@ -52,14 +52,9 @@ url() {  # the health URL of a component
   esac
 }
 
-pidfile() {  # the pid file of a component: Prefect's own for the server, this script's for the others
-  if [[ "$1" == server ]]; then echo "$SERVER_PID_FILE"; else echo "$RUN_DIR/$1.pid"; fi
-}
-
 running() {  # true when the component's pid file names a live process
-  local file
-  file="$(pidfile "$1")"
-  [[ -s "$file" ]] && kill -0 "$(cat "$file")" 2>/dev/null
+  local pidfile="$RUN_DIR/$1.pid"
+  [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
 }
 
 wait_http() {  # wait_http URL SECONDS NAME
@@ -87,14 +82,8 @@ launch() {  # launch NAME COMMAND...: in its own session, output to NAME.log, pi
 }
 
 start_server() {
-  if running server; then
-    echo "server: already running (pid $(cat "$SERVER_PID_FILE"))"
-  else
-    rm -f "$SERVER_PID_FILE"  # a stale one (the machine rebooted) would make Prefect refuse to start
-    PREFECT_API_DATABASE_CONNECTION_URL="sqlite+aiosqlite:///$RUN_DIR/prefect.db" \
-      "$VENV/bin/prefect" server start --background --host "$HOST" --port "$PREFECT_PORT" >"$RUN_DIR/server.log" 2>&1
-    echo "server: started in the background (pid $(cat "$SERVER_PID_FILE"), \`prefect server stop\` stops it)"
-  fi
+  PREFECT_API_DATABASE_CONNECTION_URL="sqlite+aiosqlite:///$RUN_DIR/prefect.db" \
+    launch server "$VENV/bin/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
   wait_http "$(url server)" 180 server
   "$VENV/bin/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 ||
     "$VENV/bin/prefect" work-pool create "$POOL" --type process >/dev/null
@@ -121,29 +110,8 @@ start_mlflow() {
   echo "mlflow: MLflow UI at http://$HOST:$MLFLOW_PORT on $STORE"
 }
 
-stop_server() {
-  if ! running server; then
-    echo "server: not running"
-    rm -f "$SERVER_PID_FILE"
-    return 0
-  fi
-  local pid
-  pid="$(cat "$SERVER_PID_FILE")"
-  "$VENV/bin/prefect" server stop >/dev/null
-  for _ in $(seq "$STOP_TIMEOUT"); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 1
-  done
-  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-  echo "server: stopped (pid $pid)"
-}
-
 stop_one() {
   local name="$1" pidfile="$RUN_DIR/$1.pid" pid
-  if [[ "$name" == server ]]; then
-    stop_server
-    return 0
-  fi
   if [[ ! -f "$pidfile" ]]; then
     echo "$name: not started by this script"
     return 0
@@ -175,7 +143,7 @@ status() {
     if running "$name"; then
       health="$(url "$name")"
       if [[ -n "$health" ]] && ! curl -sf -o /dev/null "$health"; then health="$health (not answering yet)"; fi
-      echo "$name: running, pid $(cat "$(pidfile "$name")") ${health:+$health }log $RUN_DIR/$name.log"
+      echo "$name: running, pid $(cat "$RUN_DIR/$name.pid") ${health:+$health }log $RUN_DIR/$name.log"
     else
       echo "$name: stopped"
     fi
@@ -212,7 +180,7 @@ case "$cmd" in
   logs) tail -n 50 -f "$RUN_DIR/${1:?logs needs server, worker or mlflow}.log" ;;
   env) echo "export PREFECT_API_URL=$PREFECT_API_URL MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT" ;;
   *)
-    sed -n '2,24p' "$0"
+    sed -n '2,25p' "$0"
     exit 2
     ;;
 esac

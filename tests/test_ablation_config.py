@@ -69,7 +69,7 @@ def test_invalid_settings_name_the_fix():
         AblationConfig(arms=[ArmSpec(name="grpo", algorithm="grpo")] * 2)
     with pytest.raises(ValidationError, match="must match"):
         ArmSpec(name="Steer 0.7", algorithm="steer")
-    with pytest.raises(ValidationError, match="Input should be 'clip_cov', 'clip_higher'"):
+    with pytest.raises(ValidationError, match="Input should be .*'clip_cov', 'clip_cov_7b', 'clip_higher'"):
         ArmSpec(name="x", algorithm="ppo")
     with pytest.raises(ValidationError, match="repeat a seed"):
         AblationConfig(seeds=[1, 1])
