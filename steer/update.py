@@ -34,6 +34,15 @@ class UpdateResult:
     token_advantages: Tensor  # (N, T)
 
 
+def reuses_forward_as_old(objective: Objective, *, num_responses: int, mini_batch_size: int, epochs: int) -> bool:
+    """Whether ``policy_update`` can take the old policy's log-probs from its own forward instead of a separate
+    no-grad pass: the update is on-policy (one epoch, one optimizer step over the whole rollout, so every micro-batch
+    is scored at the parameters that sampled it) and the normaliser does not read ``old_logp`` before the first
+    forward. Then old_logp = logp.detach() exactly and r = 1, as TRL does when ``num_iterations = 1``."""
+    one_step = epochs == 1 and mini_batch_size >= num_responses
+    return one_step and not objective.new_normaliser().needs_old_before_update
+
+
 def policy_update(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -49,7 +58,11 @@ def policy_update(
     autocast_dtype: torch.dtype | None = None,
     shuffle: bool = True,
 ) -> UpdateResult:
-    """Optimizer steps on one rollout batch (``batch.old_logp`` and ``old_entropy`` must be set).
+    """Optimizer steps on one rollout batch.
+
+    ``batch.old_logp`` and ``old_entropy`` come from ``score_batch``, or are left ``None`` when
+    ``reuses_forward_as_old`` holds: then each micro-batch's own forward (detached, masked as ``score_batch`` masks)
+    fills them in ``batch`` in place, and the loop runs one forward per micro-batch instead of two.
 
     Args:
         objective: the algorithm's loss (``steer.objective.build_objective``).
@@ -57,19 +70,27 @@ def policy_update(
         epochs: passes over the rollout (PPO epochs; the paper uses 1).
         generator: drives the shuffle and Clip-Cov's random choice; seed it for reproducibility.
     """
-    if batch.old_logp is None or batch.old_entropy is None:
-        raise ValueError("batch.old_logp / old_entropy are missing: score the batch with score_batch() first")
+    n, t = batch.response_mask.shape
+    fill_old = batch.old_logp is None or batch.old_entropy is None
+    if fill_old and not reuses_forward_as_old(
+        objective, num_responses=n, mini_batch_size=mini_batch_size, epochs=epochs
+    ):
+        raise ValueError(
+            "batch.old_logp / old_entropy are missing and this update is not on-policy (more than one optimizer step "
+            "per rollout, or a normaliser that needs them first): score the batch with score_batch() first"
+        )
     if micro_batch_size > mini_batch_size or mini_batch_size % micro_batch_size:
         raise ValueError(
             f"micro_batch_size={micro_batch_size} must divide mini_batch_size={mini_batch_size}: "
             "set micro_batch_size to a divisor of mini_batch_size"
         )
-    n, t = batch.response_mask.shape
     sums: dict[str, Tensor | float] = defaultdict(float)  # tensors until the end: no device sync per micro-batch
     n_micro = 0
     device = batch.response_mask.device
     omega_all, weights_all, adv_all = (torch.zeros(n, t, device=device) for _ in range(3))
     seen = torch.zeros(n, dtype=torch.bool)
+    if fill_old:
+        batch.old_logp, batch.old_entropy = torch.zeros(n, t, device=device), torch.zeros(n, t, device=device)
     normaliser = objective.new_normaliser()
     normaliser.start(batch)
     scoring = dict(temperature=temperature, autocast_dtype=autocast_dtype)
@@ -85,6 +106,11 @@ def policy_update(
             for micro_idx in torch.arange(len(mini)).split(micro_batch_size):
                 micro = mini.select(micro_idx)
                 logp, entropy = forward_logprobs(model, micro, **scoring)  # (N, T) each, with gradient
+                if fill_old:  # on-policy: the parameters that sampled the rollout are these, unchanged so far
+                    micro.old_logp = logp.detach() * micro.response_mask  # (N, T) as score_batch gives it
+                    micro.old_entropy = entropy.detach() * micro.response_mask
+                    batch.old_logp[mini_idx[micro_idx]] = micro.old_logp
+                    batch.old_entropy[mini_idx[micro_idx]] = micro.old_entropy
                 loss, metrics, per_token = objective(
                     logp=logp,
                     old_logp=micro.old_logp,

@@ -8,6 +8,7 @@ last checkpoint instead.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from steer.models.loading import format_prompt
 from steer.rollout.base import RolloutBatch, RolloutEngine
 from steer.runtime import Runtime
 from steer.scoring import score_batch
-from steer.update import UpdateResult, policy_update
+from steer.update import UpdateResult, policy_update, reuses_forward_as_old
 from steer.verifiers.math import rewards_from_correct
 
 
@@ -54,8 +55,9 @@ def score_rollouts(scorer: Any, rollout: RolloutBatch, problems: list[Problem], 
 def update_policy(
     rt: Runtime, rollout: RolloutBatch, rewards: torch.Tensor, seed: int
 ) -> tuple[UpdateResult, PolicyBatch]:
-    """Advantages, old log-probs under the rollout policy, then the mini-batch optimizer steps of ``rt.config``.
-    Returns the update's result and the batch it trained on (with ``old_logp``, ``old_entropy``, ``advantages``)."""
+    """Advantages, old log-probs under the rollout policy (from the update's own forward when it is on-policy:
+    ``steer.update.reuses_forward_as_old``), then the mini-batch optimizer steps of ``rt.config``. Returns the
+    update's result and the batch it trained on (with ``old_logp``, ``old_entropy``, ``advantages``)."""
     cfg: RunConfig = rt.config
     lengths = rollout.response_mask.sum(-1)  # (N,)
     adv = compute_advantages(rewards, rollout.group_index, estimator=cfg.algorithm.advantage_estimator, lengths=lengths)
@@ -65,9 +67,14 @@ def update_policy(
     ).to(rt.device)
     temperature = cfg.rollout.temperature
     micro = cfg.optim.micro_batch_size
-    batch.old_logp, batch.old_entropy = score_batch(
-        rt.model, batch, micro_batch_size=micro, temperature=temperature, autocast_dtype=rt.autocast_dtype
-    )
+    t0 = time.perf_counter()
+    if not reuses_forward_as_old(
+        rt.objective, num_responses=len(batch), mini_batch_size=cfg.mini_batch_size, epochs=cfg.optim.epochs
+    ):
+        batch.old_logp, batch.old_entropy = score_batch(
+            rt.model, batch, micro_batch_size=micro, temperature=temperature, autocast_dtype=rt.autocast_dtype
+        )
+    old_logp_s = time.perf_counter() - t0
     result = policy_update(
         rt.model,
         rt.optimizer,
@@ -81,6 +88,7 @@ def update_policy(
         generator=torch.Generator().manual_seed(seed),  # CPU: drives the shuffle and Clip-Cov's choice
         autocast_dtype=rt.autocast_dtype,
     )
+    result.metrics["timing/old_logp"] = old_logp_s
     return result, batch
 
 
