@@ -88,22 +88,22 @@ def policy_update(
     n_micro = 0
     device = batch.response_mask.device
     omega_all, weights_all, adv_all = (torch.zeros(n, t, device=device) for _ in range(3))
-    seen = torch.zeros(n, dtype=torch.bool)
     if fill_old:
         batch.old_logp, batch.old_entropy = torch.zeros(n, t, device=device), torch.zeros(n, t, device=device)
     normaliser = objective.new_normaliser()
     normaliser.start(batch)
     scoring = dict(temperature=temperature, autocast_dtype=autocast_dtype)
 
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)  # (N,) CPU generator
+        order = order.to(device)  # row indices on the device: selecting rows never waits for it
         for mini_idx in order.split(mini_batch_size):
             mini = batch.select(mini_idx)
             counts = dict(num_tokens=mini.response_mask.sum(), num_seqs=len(mini), max_len=t)
             normaliser.before_step(
                 mini, lambda m=mini: score_batch(model, m, micro_batch_size=micro_batch_size, **scoring)
             )
-            for micro_idx in torch.arange(len(mini)).split(micro_batch_size):
+            for micro_idx in torch.arange(len(mini), device=device).split(micro_batch_size):
                 micro = mini.select(micro_idx)
                 logp, entropy = forward_logprobs(model, micro, **scoring)  # (N, T) each, with gradient
                 if fill_old:  # on-policy: the parameters that sampled the rollout are these, unchanged so far
@@ -124,12 +124,11 @@ def policy_update(
                     **counts,
                 )
                 loss.backward()
-                rows = mini_idx[micro_idx]
-                first = ~seen[rows]
-                omega_all[rows[first]] = per_token["omega"][first].float()
-                weights_all[rows[first]] = per_token["weights"][first].float()
-                adv_all[rows[first]] = token_advantages(per_token["advantages"], per_token["omega"])[first].float()
-                seen[rows] = True
+                if epoch == 0:  # every row once per epoch: keep the first epoch's per-token tensors
+                    rows = mini_idx[micro_idx]
+                    omega_all[rows] = per_token["omega"].float()
+                    weights_all[rows] = per_token["weights"].float()
+                    adv_all[rows] = token_advantages(per_token["advantages"], per_token["omega"]).float()
                 valid = micro.response_mask.bool()
                 metrics["actor/entropy"] = (entropy.detach() * valid).sum() / valid.sum().clamp(min=1)
                 for k, v in metrics.items():
