@@ -152,6 +152,8 @@ class HFRolloutEngine:
         add_special_tokens: passed to the tokenizer when encoding prompts (BOS for tokenizers that add one).
     """
 
+    shares_model = True  # samples from the training model itself: nothing to sync after an update
+
     def __init__(self, model: Any, tokenizer: Any, *, add_special_tokens: bool = True):
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no eos_token_id: set tokenizer.eos_token before sampling")
