@@ -2,6 +2,12 @@
 
     .venv/bin/python bench/bench_logprobs.py                      # CPU: N*T = 4096 rows (N=8, T=512), bf16
     .venv/bin/python bench/bench_logprobs.py --device cuda --rows 16384
+    .venv/bin/python bench/bench_logprobs.py --layout spare-row  # the training path's input before it asked for T
+
+The logits are laid out as the training path produces them (``--layout exact``: ``steer.scoring.forward_logprobs``
+asks the model for exactly the T positions that predict response tokens, so they arrive contiguous and are read in
+place). ``--layout spare-row`` is the earlier path: T + 1 positions with the last sliced off, a non-contiguous view
+that ``reshape`` copies once in full (+1.16 GiB at the default size) before the chunked pass.
 
 Each of the four variants {naive, chunked} x {fwd, fwd+bwd} runs in its own subprocess, so one variant's
 allocations cannot hide in another's high-water mark:
@@ -66,9 +72,14 @@ def worker(args: argparse.Namespace) -> dict:
     dev, dtype = torch.device(args.device), getattr(torch, DTYPES[args.dtype])
     n = args.rows // args.seq_len if args.rows % args.seq_len == 0 else 1
     t = args.rows // n
-    logits = torch.empty(n * t // 64, 64, args.vocab, device=dev, dtype=dtype)  # (N*T/64, 64, V)
-    logits.copy_(torch.randn(64, args.vocab, device=dev) * 3.0)  # 64 random rows tiled: quick to make on CPU
-    logits = logits.view(n, t, args.vocab)  # (N, T, V)
+    spare = 1 if args.layout == "spare-row" else 0  # the old training layout: T + 1 rows, the last sliced off
+    logits = torch.empty(n, t + spare, args.vocab, device=dev, dtype=dtype)  # (N, T [+ 1], V)
+    rows = torch.randn(64, args.vocab, device=dev) * 3.0  # 64 random rows tiled: quick to make on CPU
+    flat = logits.view(-1, args.vocab)
+    for s in range(0, flat.shape[0], 64):
+        flat[s : s + 64] = rows[: flat.shape[0] - s]
+    if spare:
+        logits = logits.detach()[:, :t]  # (N, T, V) non-contiguous view, as logits[:, :-1] was
     tokens = torch.randint(0, args.vocab, (n, t), device=dev)  # (N, T)
     w1, w2 = torch.randn(n, t, device=dev), torch.randn(n, t, device=dev)  # (N, T)
     if args.impl == "chunked":
@@ -76,13 +87,20 @@ def worker(args: argparse.Namespace) -> dict:
     else:
         fn = lambda x, y: naive_logprobs_and_entropy(x, y, temperature=args.temperature)  # noqa: E731
     backward = args.mode == "fwd+bwd"
-    logits.requires_grad_(backward)
+    if backward and spare:  # a non-leaf view of a leaf: the gradient lands on the (N, T + 1, V) base
+        base_leaf = logits._base.requires_grad_(True)
+        logits = base_leaf[:, :t]
+    else:
+        logits.requires_grad_(backward)
 
     def step():
         if backward:
             logp, ent = fn(logits, tokens)
             ((w1 * logp).sum() + (w2 * ent).sum()).backward()
-            logits.grad = None
+            if spare:
+                base_leaf.grad = None
+            else:
+                logits.grad = None
         else:
             with torch.no_grad():
                 fn(logits, tokens)
@@ -122,6 +140,14 @@ def main() -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="logits dtype (default bf16)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--temperature", type=float, default=0.9, help="tau != 1 so the division is exercised")
+    p.add_argument(
+        "--layout",
+        choices=["exact", "spare-row"],
+        default="exact",
+        help="exact: contiguous (N, T, V), what steer.scoring.forward_logprobs feeds the log-softmax (it asks the "
+        "model for exactly the T positions); spare-row: the earlier layout, T + 1 positions and the last sliced off, "
+        "a non-contiguous view that the chunked path had to copy",
+    )
     p.add_argument("--chunk-size", type=int, default=None, help="rows per chunk (default: the library's)")
     p.add_argument("--reps", type=int, default=None, help="timed runs per variant (default: 2 on CPU, 10 on CUDA)")
     p.add_argument("--impl", choices=["naive", "chunked"], help=argparse.SUPPRESS)  # worker mode
@@ -143,6 +169,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     print(
         f"rows={args.rows} vocab={args.vocab} dtype={args.dtype} device={args.device} tau={args.temperature} "
+        f"layout={args.layout} "
         f"chunk_size={args.chunk_size} reps={args.reps} threads={os.cpu_count()}"
     )
     results = {}

@@ -154,7 +154,8 @@ def train(config: RunConfig) -> dict:
             scores = score_rollouts(scorer, rollout, problems, config.reward_mode)
             t2 = time.perf_counter()
             result, batch = update_policy(rt, rollout, scores["rewards"], derive_seed(config.seed, "update", step))
-            sync_weights(rt.engine, rt.model)  # the sampler follows the trainer (hf: shares the model, a no-op)
+            if not rt.engine.shares_model:  # hf samples from the trained model itself: nothing to sync
+                sync_weights(rt.engine, rt.model)  # the sampler follows the trainer
             t3 = time.perf_counter()
             prompts = [rt.tokenizer.decode(ids) for ids in rollout.prompt_ids]
             write_rollouts(str(out), tracker.run_id, step, problems, prompts, rollout, scores, batch, result)

@@ -48,6 +48,10 @@ NORMALISERS: Registry[type[Normaliser]] = Registry("STEER normaliser", choices.N
 class Normaliser:
     """Base: the micro-batch's own maximum (nothing needed before the step, ``None`` per micro-batch)."""
 
+    needs_old_before_update = False
+    """True when ``start`` or ``before_step`` reads ``old_logp``/``old_entropy``, which must then be scored before
+    the update (``steer.update.reuses_forward_as_old``)."""
+
     def __init__(self, omega: OmegaFn, *, decay: float = 1.0, group: int = 8, quantile: float = 0.99):
         self.omega = omega
         self.decay = decay
@@ -75,6 +79,7 @@ class RolloutMax(Normaliser):
     """M = max |Omega| over the rollout batch at the rollout policy (r = 1), fixed for the whole update."""
 
     m: Tensor | None = None
+    needs_old_before_update = True
 
     def start(self, rollout: PolicyBatch) -> None:
         b = rollout
@@ -90,6 +95,7 @@ class MiniMax(Normaliser):
     """M = max |Omega| over the optimizer step's mini-batch at the step's parameters (one no-grad forward)."""
 
     m: Tensor | None = None
+    needs_old_before_update = True
 
     def before_step(self, mini: PolicyBatch, score: ScoreFn) -> None:
         logp, entropy = score()  # (N, T) each

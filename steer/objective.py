@@ -71,7 +71,12 @@ def _fork_weights(section: ForkTokenWeighting) -> Weighting:
 @TOKEN_WEIGHTINGS.register("stare")
 def _stare_weights(section: StareWeighting) -> Weighting:
     params = own_settings(section)
-    return lambda ctx: stare_weights(ctx.logp, ctx.advantages, ctx.mask, rollout_entropy=ctx.rollout_entropy, **params)
+
+    def weights(ctx):
+        return stare_weights(ctx.logp, ctx.advantages, ctx.mask, rollout_entropy=ctx.rollout_entropy, **params)
+
+    weights.reads_rollout_entropy = True  # its gate needs H_k under pi_old before the update
+    return weights
 
 
 # Omega reads H under the current policy in Theorem 1's form and the rollout-time H_old in the released code's
@@ -116,6 +121,12 @@ class Objective:
         coef = self.entropy_coef if self.entropy_controller is None else self.entropy_controller.update(h)
         self.rollout.update(entropy=h, entropy_coef=coef)
         return {"actor/entropy_coef": coef}
+
+    @property
+    def needs_old_entropy_first(self) -> bool:
+        """True when ``start_rollout`` must see the old policy's entropies before the first update forward: STARE's
+        gate and the adaptive entropy coefficient read the rollout's H_k (``steer.update.reuses_forward_as_old``)."""
+        return self.entropy_controller is not None or getattr(self.weighting, "reads_rollout_entropy", False)
 
     def state_dict(self) -> dict:
         """State that outlives one update (the adaptive entropy coefficient), for the checkpoint."""

@@ -49,15 +49,24 @@ class DataOrder:
     problems: list[Problem]
     batch_size: int
     seed: int
+    _orders: dict[int, list[int]] = field(default_factory=dict, init=False, repr=False)
 
     def batch(self, step: int) -> list[Problem]:
         n = len(self.problems)
         out = []
         for k in range(step * self.batch_size, (step + 1) * self.batch_size):
             epoch, pos = divmod(k, n)
-            g = torch.Generator().manual_seed(derive_seed(self.seed, "data", epoch))
-            out.append(self.problems[int(torch.randperm(n, generator=g)[pos])])
+            out.append(self.problems[self._order(epoch)[pos]])
         return out
+
+    def _order(self, epoch: int) -> list[int]:
+        """The seeded permutation of pass ``epoch``, drawn once and kept while steps read from it (a step spans at
+        most two passes, so older ones are dropped)."""
+        if epoch not in self._orders:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, "data", epoch))
+            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+            self._orders[epoch] = torch.randperm(len(self.problems), generator=g).tolist()
+        return self._orders[epoch]
 
 
 @dataclass

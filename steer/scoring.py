@@ -20,7 +20,12 @@ def forward_logprobs(
 ) -> tuple[Tensor, Tensor]:
     """log pi(a_t | s_t) and H(s_t) of every response token, (N, T) each, with gradient if enabled."""
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, P + T)
-    t = batch.response_mask.shape[1]
+    p, t = batch.prompt_len, batch.response_mask.shape[1]
+    if p < 1:
+        raise ValueError("a PolicyBatch needs at least one prompt column: the first response token has no state")
+    # exactly the T columns P - 1 .. P + T - 2 that predict response tokens: the logits come out contiguous, so the
+    # chunked log-softmax reads them in place (asking for T + 1 and slicing one off forced a full copy)
+    keep = torch.arange(p - 1, p - 1 + t, device=batch.input_ids.device)  # (T,)
     ctx = (
         torch.autocast(device_type=batch.input_ids.device.type, dtype=autocast_dtype)
         if autocast_dtype is not None
@@ -32,9 +37,9 @@ def forward_logprobs(
             attention_mask=batch.attention_mask,
             position_ids=position_ids,
             use_cache=False,
-            logits_to_keep=t + 1,  # only the logits that predict response tokens (and one spare)
+            logits_to_keep=keep,
         )
-    logits = out.logits[:, :-1]  # (N, T, V): column P + t - 1 predicts response token t
+    logits = out.logits  # (N, T, V) contiguous: row t (column P + t - 1) predicts response token t
     return token_logprobs_and_entropy(logits, batch.response_ids, temperature=temperature)
 
 

@@ -34,6 +34,16 @@ class UpdateResult:
     token_advantages: Tensor  # (N, T)
 
 
+def reuses_forward_as_old(objective: Objective, *, num_responses: int, mini_batch_size: int, epochs: int) -> bool:
+    """Whether ``policy_update`` can take the old policy's log-probs from its own forward instead of a separate
+    no-grad pass: the update is on-policy (one epoch, one optimizer step over the whole rollout, so every micro-batch
+    is scored at the parameters that sampled it) and neither the normaliser nor the objective's rollout-level part
+    (STARE's gate, the adaptive entropy coefficient) reads ``old_logp``/``old_entropy`` before the first forward. Then old_logp = logp.detach() exactly and r = 1, as TRL does when ``num_iterations = 1``."""
+    one_step = epochs == 1 and mini_batch_size >= num_responses
+    first = objective.new_normaliser().needs_old_before_update or objective.needs_old_entropy_first
+    return one_step and not first
+
+
 def policy_update(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -50,7 +60,11 @@ def policy_update(
     shuffle: bool = True,
     max_response_len: int | None = None,
 ) -> UpdateResult:
-    """Optimizer steps on one rollout batch (``batch.old_logp`` and ``old_entropy`` must be set).
+    """Optimizer steps on one rollout batch.
+
+    ``batch.old_logp`` and ``old_entropy`` come from ``score_batch``, or are left ``None`` when
+    ``reuses_forward_as_old`` holds: then each micro-batch's own forward (detached, masked as ``score_batch`` masks)
+    fills them in ``batch`` in place, and the loop runs one forward per micro-batch instead of two.
 
     Args:
         objective: the algorithm's loss (``steer.objective.build_objective``).
@@ -60,35 +74,49 @@ def policy_update(
         max_response_len: the constant of Dr.GRPO's ``seq-mean-token-sum-norm``, the generation budget
             (``rollout.max_new_tokens``) as Dr.GRPO defines it; default: T, this batch's longest response.
     """
-    if batch.old_logp is None or batch.old_entropy is None:
-        raise ValueError("batch.old_logp / old_entropy are missing: score the batch with score_batch() first")
+    n, t = batch.response_mask.shape
+    fill_old = batch.old_logp is None or batch.old_entropy is None
+    if fill_old and not reuses_forward_as_old(
+        objective, num_responses=n, mini_batch_size=mini_batch_size, epochs=epochs
+    ):
+        raise ValueError(
+            "batch.old_logp / old_entropy are missing and this update is not on-policy (more than one optimizer step "
+            "per rollout, or a normaliser that needs them first): score the batch with score_batch() first"
+        )
     if micro_batch_size > mini_batch_size or mini_batch_size % micro_batch_size:
         raise ValueError(
             f"micro_batch_size={micro_batch_size} must divide mini_batch_size={mini_batch_size}: "
             "set micro_batch_size to a divisor of mini_batch_size"
         )
-    n, t = batch.response_mask.shape
     sums: dict[str, Tensor | float] = defaultdict(float)  # tensors until the end: no device sync per micro-batch
     n_micro = 0
     device = batch.response_mask.device
     omega_all, weights_all, adv_all = (torch.zeros(n, t, device=device) for _ in range(3))
-    seen = torch.zeros(n, dtype=torch.bool)
-    rollout_metrics = objective.start_rollout(batch.old_entropy, batch.response_mask)  # H_k: STARE, entropy control
+    if fill_old:
+        batch.old_logp, batch.old_entropy = torch.zeros(n, t, device=device), torch.zeros(n, t, device=device)
+    # H_k for STARE and the entropy controller (neither runs with old_entropy filled by the forward: see above)
+    rollout_metrics = objective.start_rollout(batch.old_entropy, batch.response_mask)
     normaliser = objective.new_normaliser()
     normaliser.start(batch)
     scoring = dict(temperature=temperature, autocast_dtype=autocast_dtype)
 
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)  # (N,) CPU generator
+        order = order.to(device)  # row indices on the device: selecting rows never waits for it
         for mini_idx in order.split(mini_batch_size):
             mini = batch.select(mini_idx)
             counts = dict(num_tokens=mini.response_mask.sum(), num_seqs=len(mini), max_len=max_response_len or t)
             normaliser.before_step(
                 mini, lambda m=mini: score_batch(model, m, micro_batch_size=micro_batch_size, **scoring)
             )
-            for micro_idx in torch.arange(len(mini)).split(micro_batch_size):
+            for micro_idx in torch.arange(len(mini), device=device).split(micro_batch_size):
                 micro = mini.select(micro_idx)
                 logp, entropy = forward_logprobs(model, micro, **scoring)  # (N, T) each, with gradient
+                if fill_old:  # on-policy: the parameters that sampled the rollout are these, unchanged so far
+                    micro.old_logp = logp.detach() * micro.response_mask  # (N, T) as score_batch gives it
+                    micro.old_entropy = entropy.detach() * micro.response_mask
+                    batch.old_logp[mini_idx[micro_idx]] = micro.old_logp
+                    batch.old_entropy[mini_idx[micro_idx]] = micro.old_entropy
                 loss, metrics, per_token = objective(
                     logp=logp,
                     old_logp=micro.old_logp,
@@ -102,12 +130,11 @@ def policy_update(
                     **counts,
                 )
                 loss.backward()
-                rows = mini_idx[micro_idx]
-                first = ~seen[rows]
-                omega_all[rows[first]] = per_token["omega"][first].float()
-                weights_all[rows[first]] = per_token["weights"][first].float()
-                adv_all[rows[first]] = token_advantages(per_token["advantages"], per_token["omega"])[first].float()
-                seen[rows] = True
+                if epoch == 0:  # every row once per epoch: keep the first epoch's per-token tensors
+                    rows = mini_idx[micro_idx]
+                    omega_all[rows] = per_token["omega"].float()
+                    weights_all[rows] = per_token["weights"].float()
+                    adv_all[rows] = token_advantages(per_token["advantages"], per_token["omega"]).float()
                 valid = micro.response_mask.bool()
                 metrics["actor/entropy"] = (entropy.detach() * valid).sum() / valid.sum().clamp(min=1)
                 for k, v in metrics.items():

@@ -9,6 +9,7 @@ last checkpoint instead.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from steer.models.loading import format_prompt
 from steer.rollout.base import RolloutBatch, RolloutEngine
 from steer.runtime import Runtime
 from steer.scoring import score_batch
-from steer.update import UpdateResult, policy_update
+from steer.update import UpdateResult, policy_update, reuses_forward_as_old
 from steer.verifiers.math import rewards_from_correct
 
 
@@ -71,8 +72,9 @@ def score_rollouts(scorer: Any, rollout: RolloutBatch, problems: list[Problem], 
 def update_policy(
     rt: Runtime, rollout: RolloutBatch, rewards: torch.Tensor, seed: int
 ) -> tuple[UpdateResult, PolicyBatch]:
-    """Advantages, old log-probs under the rollout policy, then the mini-batch optimizer steps of ``rt.config``.
-    Returns the update's result and the batch it trained on (with ``old_logp``, ``old_entropy``, ``advantages``)."""
+    """Advantages, old log-probs under the rollout policy (from the update's own forward when it is on-policy:
+    ``steer.update.reuses_forward_as_old``), then the mini-batch optimizer steps of ``rt.config``. Returns the
+    update's result and the batch it trained on (with ``old_logp``, ``old_entropy``, ``advantages``)."""
     cfg: RunConfig = rt.config
     lengths = rollout.response_mask.sum(-1)  # (N,)
     adv = compute_advantages(rewards, rollout.group_index, estimator=cfg.algorithm.advantage_estimator, lengths=lengths)
@@ -82,9 +84,14 @@ def update_policy(
     ).to(rt.device)
     temperature = cfg.rollout.temperature
     micro = cfg.optim.micro_batch_size
-    batch.old_logp, batch.old_entropy = score_batch(
-        rt.model, batch, micro_batch_size=micro, temperature=temperature, autocast_dtype=rt.autocast_dtype
-    )
+    t0 = time.perf_counter()
+    if not reuses_forward_as_old(
+        rt.objective, num_responses=len(batch), mini_batch_size=cfg.mini_batch_size, epochs=cfg.optim.epochs
+    ):
+        batch.old_logp, batch.old_entropy = score_batch(
+            rt.model, batch, micro_batch_size=micro, temperature=temperature, autocast_dtype=rt.autocast_dtype
+        )
+    old_logp_s = time.perf_counter() - t0
     result = policy_update(
         rt.model,
         rt.optimizer,
@@ -99,6 +106,7 @@ def update_policy(
         autocast_dtype=rt.autocast_dtype,
         max_response_len=cfg.rollout.max_new_tokens,  # Dr.GRPO's constant: the budget, not the batch's longest
     )
+    result.metrics["timing/old_logp"] = old_logp_s
     return result, batch
 
 

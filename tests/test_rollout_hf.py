@@ -160,3 +160,27 @@ def test_gpu_rollout_check_smoke_runs_on_cpu():
     spec.loader.exec_module(module)
     result = module.main(["--smoke"])
     assert result["batch"] == 8 and result["generated_tokens"] > 0 and result["logp_mismatch_max"] < 1e-4
+
+
+def test_rows_that_end_leave_the_batch_and_the_others_decode_as_alone(policy):
+    """A row that samples EOS is dropped from the decode batch and its KV cache: every row's sampling log-probs are
+    those of one uncached forward over its own prompt and response, and ended rows stay padded and masked."""
+    model, tokenizer = policy
+    first = _generate(HFRolloutEngine(model, tokenizer))
+    stop = int(first.response_ids[:, 1:].flatten().mode().values)  # a frequent token as an extra EOS: rows end apart
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, stop]
+    try:
+        batch = _generate(HFRolloutEngine(model, tokenizer))
+    finally:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    lengths = batch.response_lengths.tolist()
+    assert min(lengths) < max(lengths)  # some rows left the batch while others went on
+    for row, k in enumerate(lengths):
+        prompt = batch.prompt_ids[int(batch.group_index[row])]
+        response = batch.response_ids[row, :k]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + response.tolist()])).logits[0, len(prompt) - 1 : -1]
+        ref = logits.log_softmax(-1).gather(-1, response[:, None])[:, 0]  # (k,)
+        assert torch.allclose(batch.sampling_logp[row, :k], ref, atol=1e-4), row
+        assert (batch.response_mask[row, k:] == 0).all() and (batch.sampling_logp[row, k:] == 0).all()
+        assert (batch.response_ids[row, k:] == HFRolloutEngine(model, tokenizer).pad_token_id).all()

@@ -66,6 +66,10 @@ class RolloutBatch:
 class RolloutEngine(Protocol):
     """What the trainer needs from a sampler."""
 
+    shares_model: bool
+    """True when the engine samples from the training model object itself (``hf``): ``update_weights`` is then a
+    no-op and the training flow skips its weight-sync task."""
+
     def generate(
         self,
         prompts: list[str],

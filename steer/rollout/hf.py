@@ -4,10 +4,12 @@ The engine shares the training model object: ``update_weights`` only swaps the r
 reflects the current parameters without a copy. The model is put in eval mode while sampling and restored after.
 
 Sampling follows the usual decode loop (as in ``transformers.generate``): prompts are left-padded with an attention
-mask and explicit position ids (``cumsum(mask) - 1``), one prefill forward fills the cache, then one token per step
-for every row until each row has sampled EOS or ``max_new_tokens`` is reached. Rows that are done are fed pad tokens
-and masked out of the response. Randomness comes only from a ``torch.Generator`` seeded with the ``seed`` argument,
-so a call is reproducible on the same device and batch; a prompt's samples do depend on the rest of the batch.
+mask and explicit position ids (``cumsum(mask) - 1``); one prefill forward per prompt fills the cache, which is then
+repeated G times (one copy per sample); then one token per step for every live row until each row has sampled EOS or
+``max_new_tokens`` is reached. A row that samples EOS leaves the batch (its cache rows are dropped), so later steps
+decode only the live rows; its response is padded and masked. Randomness comes only from a ``torch.Generator`` seeded
+with the ``seed`` argument, so a call is reproducible on the same device and batch; a prompt's samples do depend on
+the rest of the batch (which rows are still live at each step included).
 
 ``sampling_logp`` is ``log_softmax(logits / temperature)`` at the sampled token, before top-p truncation: the same
 quantity the trainer recomputes for the old policy (verl divides logits by the rollout temperature too), so the two
@@ -74,6 +76,7 @@ def sample_responses(
     model: Any,
     prompt_ids: list[list[int]],
     *,
+    n_samples: int = 1,
     eos_token_id: int | list[int],
     pad_token_id: int,
     temperature: float,
@@ -81,22 +84,25 @@ def sample_responses(
     max_new_tokens: int,
     generator: torch.Generator | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Sample one response per prompt row with a KV cache.
+    """Sample ``n_samples`` responses per prompt with a KV cache.
+
+    Each prompt is prefilled once and its cache repeated ``n_samples`` times (G-fold less prefill than feeding every
+    row its own copy of the prompt); rows leave the decode batch once they sample EOS.
 
     Args:
         model: a transformers causal LM (any device, any dtype); used as is (the caller sets eval mode).
-        prompt_ids: N unpadded token-id lists (repeat a prompt G times to get G samples).
+        prompt_ids: B unpadded token-id lists. n_samples: G rows per prompt, prompt-major (row i * G + j).
         eos_token_id: id or ids that end a response (included in the response as a valid token).
     Returns:
         ``response_ids`` (N, T) long right-padded with ``pad_token_id``, ``response_mask`` (N, T) float,
-        ``truncated`` (N,) bool, ``sampling_logp`` (N, T) float (0.0 on padding), all on the CPU.
+        ``truncated`` (N,) bool, ``sampling_logp`` (N, T) float (0.0 on padding), all on the CPU; N = B * G.
     """
     device = next(model.parameters()).device
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
-    input_ids, attention_mask = left_pad(prompt_ids, pad_token_id, device)  # (N, L)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, L)
-    n = input_ids.shape[0]
-    cache = {_cache_kwarg(model): DynamicCache(config=model.config)}  # filled in place by every forward
+    input_ids, attention_mask = left_pad(prompt_ids, pad_token_id, device)  # (B, L)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
+    cache_obj = DynamicCache(config=model.config)
+    cache = {_cache_kwarg(model): cache_obj}  # filled in place by every forward
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -105,19 +111,34 @@ def sample_responses(
         logits_to_keep=1,
         **cache,
     )
-    next_position = position_ids[:, -1:] + 1  # (N, 1)
-    done = torch.zeros(n, dtype=torch.bool, device=device)
-    tokens, logps, valid = [], [], []
+    logits = out.logits[:, -1].repeat_interleave(n_samples, dim=0)  # (N, V)
+    if n_samples > 1:
+        cache_obj.batch_repeat_interleave(n_samples)  # (B, ...) -> (N, ...) prompt-major
+    attention_mask = attention_mask.repeat_interleave(n_samples, dim=0)  # (N, L)
+    next_position = (position_ids[:, -1:] + 1).repeat_interleave(n_samples, dim=0)  # (N, 1)
+    n = attention_mask.shape[0]
+    response_ids = torch.full((n, max_new_tokens), pad_token_id, dtype=torch.long, device=device)  # (N, T_max)
+    sampling_logp = torch.zeros(n, max_new_tokens, device=device)  # (N, T_max)
+    response_mask = torch.zeros(n, max_new_tokens, device=device)  # (N, T_max)
+    live = torch.arange(n, device=device)  # (n_live,) rows still decoding; finished rows leave the batch
+    width = 0
     for step in range(max_new_tokens):
-        token, logp = sample_next(out.logits[:, -1], temperature=temperature, top_p=top_p, generator=generator)
-        token = token.masked_fill(done, pad_token_id)  # (N,)
-        tokens.append(token)
-        logps.append(logp.masked_fill(done, 0.0))
-        valid.append(~done)
-        done = done | torch.isin(token, eos)
-        if step == max_new_tokens - 1 or bool(done.all()):
+        token, logp = sample_next(logits, temperature=temperature, top_p=top_p, generator=generator)  # (n_live,)
+        response_ids[live, step] = token
+        sampling_logp[live, step] = logp.float()
+        response_mask[live, step] = 1.0
+        width = step + 1
+        going = ~torch.isin(token, eos)  # (n_live,)
+        if step == max_new_tokens - 1:
             break
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(n, 1)], dim=-1)  # (N, L + step + 1)
+        keep = going.nonzero().squeeze(1)  # one host sync per step (as the all-done check is)
+        if len(keep) == 0:
+            break
+        if len(keep) < len(live):  # drop the finished rows from the batch and the cache
+            live, token = live[keep], token[keep]
+            cache_obj.batch_select_indices(keep)
+            attention_mask, next_position = attention_mask[keep], next_position[keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(live), 1)], dim=-1)  # (n_live, L+s+1)
         out = model(
             input_ids=token[:, None],
             attention_mask=attention_mask,
@@ -125,11 +146,17 @@ def sample_responses(
             use_cache=True,
             **cache,
         )
+        logits = out.logits[:, -1]  # (n_live, V)
         next_position = next_position + 1
-    response_ids = torch.stack(tokens, dim=1).cpu()  # (N, T)
-    response_mask = torch.stack(valid, dim=1).float().cpu()  # (N, T)
-    sampling_logp = torch.stack(logps, dim=1).float().cpu()  # (N, T)
-    return response_ids, response_mask, (~done).cpu(), sampling_logp
+    truncated = torch.zeros(n, dtype=torch.bool, device=device)
+    if width == max_new_tokens:  # rows live at the last step that did not sample EOS there
+        truncated[live[going]] = True
+    return (
+        response_ids[:, :width].cpu(),  # (N, T)
+        response_mask[:, :width].cpu(),
+        truncated.cpu(),
+        sampling_logp[:, :width].cpu(),
+    )
 
 
 class HFRolloutEngine:
@@ -140,6 +167,8 @@ class HFRolloutEngine:
         tokenizer: its tokenizer; needs ``eos_token_id``; the pad id falls back to EOS.
         add_special_tokens: passed to the tokenizer when encoding prompts (BOS for tokenizers that add one).
     """
+
+    shares_model = True  # samples from the training model itself: nothing to sync after an update
 
     def __init__(self, model: Any, tokenizer: Any, *, add_special_tokens: bool = True):
         if tokenizer.eos_token_id is None:
@@ -169,7 +198,6 @@ class HFRolloutEngine:
             max_new_tokens=max_new_tokens,
             add_special_tokens=self.add_special_tokens,
         )
-        rows = [ids for ids in prompt_ids for _ in range(n_samples)]  # N = B * G, prompt-major
         device = next(self.model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(int(seed))
         was_training = self.model.training
@@ -177,7 +205,8 @@ class HFRolloutEngine:
         try:
             response_ids, response_mask, truncated, sampling_logp = sample_responses(
                 self.model,
-                rows,
+                prompt_ids,
+                n_samples=n_samples,
                 eos_token_id=self.eos_token_id,
                 pad_token_id=self.pad_token_id,
                 temperature=temperature,

@@ -129,6 +129,8 @@ class VLLMRolloutEngine:
         env: extra environment variables for the worker (e.g. ``CUDA_VISIBLE_DEVICES``, ``VLLM_CPU_KVCACHE_SPACE``).
     """
 
+    shares_model = False  # the worker holds its own copy: every update is pushed with update_weights
+
     def __init__(
         self,
         model: Any,
