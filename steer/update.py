@@ -38,7 +38,8 @@ def reuses_forward_as_old(objective: Objective, *, num_responses: int, mini_batc
     """Whether ``policy_update`` can take the old policy's log-probs from its own forward instead of a separate
     no-grad pass: the update is on-policy (one epoch, one optimizer step over the whole rollout, so every micro-batch
     is scored at the parameters that sampled it) and neither the normaliser nor the objective's rollout-level part
-    (STARE's gate, the adaptive entropy coefficient) reads ``old_logp``/``old_entropy`` before the first forward. Then old_logp = logp.detach() exactly and r = 1, as TRL does when ``num_iterations = 1``."""
+    (STARE's gate, the adaptive entropy coefficient) reads ``old_logp``/``old_entropy`` before the first forward.
+    Then old_logp = logp.detach() exactly and r = 1, as TRL does when ``num_iterations = 1``."""
     one_step = epochs == 1 and mini_batch_size >= num_responses
     first = objective.new_normaliser().needs_old_before_update or objective.needs_old_entropy_first
     return one_step and not first
