@@ -132,6 +132,7 @@ class GroupMax(Normaliser):
     is normalised from its own forward (no cost); otherwise the groups straddle micro-batches and M comes from one
     no-grad forward of the mini-batch at the same parameters (``score``). Returns M per sequence, (N, 1)."""
 
+    needs_old_before_update = True  # a micro-batch that straddles groups scores the mini-batch against old_logp
     quantile_of: float | None = None  # None: the maximum
     mini: PolicyBatch | None = None  # the optimizer step's mini-batch, its scorer, and the rows seen of it so far
     score: ScoreFn | None = None

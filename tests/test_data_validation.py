@@ -48,5 +48,5 @@ def test_overlong_prompts_are_dropped_with_row_numbers():
 
 
 def test_an_unknown_rollout_backend_fails_at_config_validation():
-    with pytest.raises(ConfigError, match=r"rollout.backend='vlm' is not one of: hf, vllm"):
+    with pytest.raises(ConfigError, match=r"rollout.backend: 'vlm' is not one of: 'hf', 'vllm'"):
         load_config("tiny", {"rollout": {"backend": "vlm"}})

@@ -294,6 +294,8 @@ class BigramLM(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, logits_to_keep=0):
         logits = self.table[position_ids, input_ids]  # (N, L, V)
+        if isinstance(logits_to_keep, torch.Tensor):  # the positions to keep, as transformers models take them
+            return SimpleNamespace(logits=logits[:, logits_to_keep])
         return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
 
 
@@ -432,7 +434,7 @@ def test_batch_zero_keeps_the_single_batch_seed():
 
 # ------------------------------------------------------------------------------------------------ config errors
 def test_config_errors_name_the_field_and_the_valid_values():
-    with pytest.raises(ValidationError, match=r"optimizers\.0\.name[\s\S]*adamw, sgd"):
+    with pytest.raises(ValidationError, match=r"optimizers\.0\.name[\s\S]*'sgd' or 'adamw'"):
         EstimatorStudyConfig(optimizers=[{"name": "adam", "lr": 1e-3}])
     with pytest.raises(ValidationError, match=r"stages[\s\S]*start, middle, end"):
         EstimatorStudyConfig(stages=["start", "begin"])

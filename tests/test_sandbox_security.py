@@ -179,8 +179,29 @@ def _survivors(ignore: frozenset[str] = frozenset()) -> list[str]:
         if fields["State"].strip().startswith("Z"):  # already dead, waiting for its parent to reap it
             continue
         if sandbox._UID_BASE <= uid < sandbox._UID_BASE + sandbox._UID_SPAN or MARKER in cmdline or ppid == os.getpid():
-            found.append(f"{pid} uid={uid} ppid={ppid} {cmdline!r}")
+            if not _under_a_sibling_worker(int(pid)):
+                found.append(f"{pid} uid={uid} ppid={ppid} {cmdline!r}")
     return found
+
+
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1 and len(chain) < 64:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        chain.append(pid)
+    return chain
+
+
+def _under_a_sibling_worker(pid: int) -> bool:
+    """A live sandbox of another pytest-xdist worker (``make test`` runs two): it descends from our controller
+    (our parent) through a process that is not us. An escaped process is reparented to init, so it never is."""
+    chain = _ancestors(pid)
+    parent = os.getppid()
+    return os.environ.get("PYTEST_XDIST_WORKER") is not None and parent in chain and os.getpid() not in chain
 
 
 @pytest.fixture(scope="module")

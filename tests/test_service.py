@@ -40,6 +40,7 @@ DEPLOYMENT_NAMES = {
     "estimator-study",
     "study-collapse",
     "study-sensitivity",
+    "study-baselines",
 }
 
 

@@ -62,9 +62,10 @@ def _update(objective, *, score_first: bool):
     return res, batch, grads[0], [p.detach().clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("name", ["grpo", "steer", "clip_cov", "entropy_bonus"])
+@pytest.mark.parametrize("name", ["grpo", "steer_micro", "clip_cov", "entropy_bonus"])
 def test_on_policy_update_without_a_scoring_pass_is_bit_identical(name):
-    objective = build_objective(get_algorithm(name))
+    algorithm = get_algorithm("steer", token_weighting={"normaliser": "micro"}) if name == "steer_micro" else None
+    objective = build_objective(algorithm or get_algorithm(name))
     assert reuses_forward_as_old(objective, num_responses=12, mini_batch_size=12, epochs=1)
     ref, ref_batch, ref_grad, ref_weights = _update(objective, score_first=True)
     got, got_batch, got_grad, got_weights = _update(objective, score_first=False)
@@ -78,9 +79,13 @@ def test_on_policy_update_without_a_scoring_pass_is_bit_identical(name):
 
 def test_off_policy_or_a_normaliser_that_reads_old_first_still_needs_the_scoring_pass():
     grpo = build_objective(get_algorithm("grpo"))
+    for name in ("stare", "adaptive_entropy"):  # they read the rollout's entropy H_k before the update
+        assert not reuses_forward_as_old(
+            build_objective(get_algorithm(name)), num_responses=12, mini_batch_size=12, epochs=1
+        )
     assert not reuses_forward_as_old(grpo, num_responses=12, mini_batch_size=6, epochs=1)  # two optimizer steps
     assert not reuses_forward_as_old(grpo, num_responses=12, mini_batch_size=12, epochs=2)
-    for scope in ("rollout", "mini"):
+    for scope in ("rollout", "mini", "group", "group_quantile", "running"):  # group: a straddled group scores first
         steer = build_objective(get_algorithm("steer", token_weighting={"normaliser": scope}))
         assert not reuses_forward_as_old(steer, num_responses=12, mini_batch_size=12, epochs=1)
     model, batch = tiny_model(), tiny_batch()

@@ -40,13 +40,14 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from steer.config import ConfigError, config_help
-    from steer.resume import check_resume_dir
 
     try:
         config = build_config(args)
         if args.help_config:
             print(config_help(config))
             return 0
+        from steer.resume import check_resume_dir  # (imports torch: after the config's own checks)
+
         check_resume_dir(config)  # a resume that would change the run is refused before anything starts
     except ConfigError as e:
         print(f"steer train: {e}", file=sys.stderr)
