@@ -82,7 +82,15 @@ def main() -> None:
         from prefect.deployments import run_deployment
 
         out = d / "run"
-        overrides = {"steps": args.steps, "output_dir": str(out), "model.name_or_path": args.model}
+        overrides = {
+            "steps": args.steps,
+            "output_dir": str(out),
+            "model.name_or_path": args.model,
+            "rollout.prompts_per_step": 8,  # a light batch: the pictures need a run in progress, not a result
+            "optim.mini_batch_prompts": 4,
+            "data.heldout_size": 32,
+            "eval.every": 4,
+        }
         with get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name("steer-train-preset/train")
             shoot(f"{prefect}/deployments/deployment/{deployment.id}/run", args.out / "train-form.png")
