@@ -88,6 +88,7 @@ def main() -> None:
             "model.name_or_path": args.model,
             "rollout.prompts_per_step": 8,  # a light batch: the pictures need a run in progress, not a result
             "optim.mini_batch_prompts": 4,
+            "optim.micro_batch_size": 16,
             "data.heldout_size": 32,
             "eval.every": 4,
         }
