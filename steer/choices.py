@@ -4,7 +4,9 @@ Config fields that name a registered variant (an advantage estimator, a loss agg
 typed with these, so pydantic rejects a typo when the config is built, the JSON schema lists the choices (the
 Prefect UI shows a drop-down), and ``steer train --help-config`` answers without importing torch. The registries hold
 the implementations: ``Registry(kind, choices=...)`` refuses to register a name missing here, and
-``tests/test_choices.py`` checks that every name here is registered, so the two cannot drift apart.
+``tests/test_choices.py`` checks that every name here is registered, so the two cannot drift apart. Verifiers are
+not here: their registry is open to plugins (a project's own verifier, the tests' faulty ones), so
+``RunConfig.verifier`` is checked against the registry when the config is validated.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ OMEGA_FORMS = ("first_order", "released")
 WEIGHT_MAPS = ("exp", "linear", "asymmetric")
 NORMALISERS = ("group", "group_quantile", "micro", "mini", "rollout", "running")
 ROLLOUT_BACKENDS = ("hf", "vllm")
-VERIFIERS = ("math", "code")
 OPTIMIZERS = ("sgd", "adamw")
 
 AdvantageEstimatorName = Literal[ADVANTAGE_ESTIMATORS]
@@ -28,5 +29,4 @@ OmegaFormName = Literal[OMEGA_FORMS]
 WeightMapName = Literal[WEIGHT_MAPS]
 NormaliserName = Literal[NORMALISERS]
 RolloutBackendName = Literal[ROLLOUT_BACKENDS]
-VerifierName = Literal[VERIFIERS]
 OptimizerName = Literal[OPTIMIZERS]

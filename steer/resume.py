@@ -32,6 +32,12 @@ SAFE_ON_RESUME: dict[str, str] = {
     "model.num_threads": "CPU threads: speed only",
     "model.device": "where the run computes (numerics may differ in the last bits)",
     "model.gradient_checkpointing": "recomputes activations: memory for compute, the same gradients",
+    "tracking.log_model": "what is recorded in MLflow, not what a step computes",
+    "tracking.registered_model_name": "what is recorded in MLflow",
+    "tracking.log_checkpoints": "what is recorded in MLflow",
+    "tracking.log_datasets": "what is recorded in MLflow",
+    "tracking.system_metrics": "what is recorded in MLflow",
+    "tracking.system_metrics_interval_s": "what is recorded in MLflow",
 }
 IGNORED = ("output_dir", "preset")
 

@@ -20,7 +20,6 @@ from steer.registry import Registry
 from steer.reweighting import OMEGA_FORMS, WEIGHT_MAPS
 from steer.rollout.base import ROLLOUT_BACKENDS
 from steer.studies.estimator import OPTIMIZERS
-from steer.verifiers import VERIFIERS
 
 pytestmark = pytest.mark.unit
 
@@ -32,7 +31,6 @@ PAIRS = {
     "WEIGHT_MAPS": WEIGHT_MAPS,
     "NORMALISERS": NORMALISERS,
     "ROLLOUT_BACKENDS": ROLLOUT_BACKENDS,
-    "VERIFIERS": VERIFIERS,
     "OPTIMIZERS": OPTIMIZERS,
 }
 
@@ -79,7 +77,6 @@ def _enum_at(schema: dict, path: list[str]) -> list[str]:
         (["algorithm", "token_weighting", "variant=steer", "map"], choices.WEIGHT_MAPS),
         (["algorithm", "token_weighting", "variant=steer", "normaliser"], choices.NORMALISERS),
         (["rollout", "backend"], choices.ROLLOUT_BACKENDS),
-        (["verifier"], choices.VERIFIERS),
         (["reward_mode"], ("pm1", "01")),
     ],
 )
@@ -104,7 +101,6 @@ def test_the_ablation_and_study_forms_list_their_choices():
         ("algorithm.loss_agg_mode", "token_mean"),
         ("algorithm.token_weighting.normaliser", "mikro"),
         ("rollout.backend", "vlm"),
-        ("verifier", "maths"),
     ],
 )
 def test_load_config_names_the_field_the_typo_and_the_choices(key, value):

@@ -14,12 +14,11 @@ Rewards from correctness: ``rewards_from_correct(correct, mode="pm1" | "01")``.
 
 from __future__ import annotations
 
-from steer import choices
 from steer.registry import Registry
 from steer.verifiers.code import CodeScorer, verify_code
 from steer.verifiers.math import MathScorer, extract_boxed, rewards_from_correct, verify_math
 
-VERIFIERS: Registry[type] = Registry("verifier", choices.VERIFIERS)
+VERIFIERS: Registry[type] = Registry("verifier")
 VERIFIERS.register("math")(MathScorer)
 VERIFIERS.register("code")(CodeScorer)
 
