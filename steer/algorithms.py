@@ -282,6 +282,8 @@ class AlgorithmConfig(_Section):
 
 # ----------------------------------------------------------------------------------------------------- presets
 ALGORITHMS: Registry = Registry("algorithm")
+_PAPER_STEER = dict(name="steer", form="first_order", map="exp", lambda_min=0.7, normaliser="group", normaliser_group=8)
+"""The paper's STEER weighting (method.md): first-order Omega, exp map, lambda_min 0.7, M over groups of 8."""
 _PRESETS: dict[str, dict] = {
     # GRPO with the classic symmetric clip.
     "grpo": dict(clip=dict(eps_high=0.2)),
@@ -302,35 +304,11 @@ _PRESETS: dict[str, dict] = {
     # STEER as in the paper's main setting: clip-higher, token-mean, lambda_min = 0.7.
     "steer": dict(token_weighting="steer"),
     # The paper's STEER: first-order Omega (Theorem 1), lambda_min 0.7, M over groups of 8 sequences, no floor.
-    "steer_paper": dict(
-        token_weighting=dict(
-            name="steer", form="first_order", map="exp", lambda_min=0.7, normaliser="group", normaliser_group=8
-        )
-    ),
+    "steer_paper": dict(token_weighting=_PAPER_STEER),
     # Beyond the paper: steer_paper with M = the 0.99 quantile of |Omega| over each group of 8 (robust to the tail).
-    "steer_robust": dict(
-        token_weighting=dict(
-            name="steer",
-            form="first_order",
-            map="exp",
-            lambda_min=0.7,
-            normaliser="group_quantile",
-            normaliser_group=8,
-            quantile=0.99,
-        )
-    ),
+    "steer_robust": dict(token_weighting=dict(_PAPER_STEER, normaliser="group_quantile", quantile=0.99)),
     # The released script's STEER: released Omega form, lambda_min 0.8, M over 8 sequences with the floor 0.02.
-    "steer_released": dict(
-        token_weighting=dict(
-            name="steer",
-            form="released",
-            map="exp",
-            lambda_min=0.8,
-            normaliser="group",
-            normaliser_group=8,
-            floor=0.02,
-        )
-    ),
+    "steer_released": dict(token_weighting=dict(_PAPER_STEER, form="released", lambda_min=0.8, floor=0.02)),
     "fork_tokens": dict(token_weighting="fork_tokens"),
     "entropy_aware_adv": dict(advantage_shaping="entropy_aware"),
     # GSPO: sequence-level ratio and clip, the paper's clip range 3e-4 / 4e-4, sequence-mean aggregation, no dual clip.

@@ -3,7 +3,7 @@ loss, gradient, metrics and weights are bit-identical to scoring the batch first
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from test_update import VOCAB, tiny_model
 
 from steer.algorithms import get_algorithm
 from steer.batch import build_policy_batch
@@ -12,22 +12,6 @@ from steer.scoring import score_batch
 from steer.update import policy_update, reuses_forward_as_old
 
 pytestmark = pytest.mark.unit
-
-VOCAB = 40
-
-
-def tiny_model() -> Qwen2ForCausalLM:
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return Qwen2ForCausalLM(cfg).float()
 
 
 def tiny_batch(n_prompts=3, g=4, t=6):
