@@ -48,10 +48,14 @@ ENV_DEFAULTS = {
 }
 
 
+_terminated: list[int] = []  # the signal received, once SIGTERM came
+
+
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM (``kill PID``, a scheduler's stop) as an exit, not a sudden death: the flow run and the MLflow run are
     closed as crashed / KILLED (Prefect turns SIGTERM into its ``TerminationSignal`` inside a flow, then re-sends it
     here), the verifier's workers are stopped and atexit stops an ephemeral Prefect API server."""
+    _terminated.append(signum)
     raise SystemExit(128 + signum)
 
 
@@ -64,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
+    except BaseException:
+        if _terminated:  # whatever the unwinding raised after SIGTERM (a task's cleanup, a worker thread's error),
+            return 128 + _terminated[0]  # the process ends as terminated, as `kill PID` and schedulers expect
+        raise
     finally:
         if own:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -412,7 +412,8 @@ def test_sigterm_stops_every_child_and_both_stores_say_how_the_run_ended(small_p
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     os.kill(proc.pid, signal.SIGTERM)  # the process only, as `kill PID` does: not its group
     try:
-        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        rc = proc.wait(timeout=120)
+        assert rc == 128 + signal.SIGTERM, proc.stderr.read().decode()[-3000:]
         time.sleep(1)
         left = subprocess.run(["ps", "-o", "pid=,cmd=", "-s", str(proc.pid)], capture_output=True, text=True).stdout
         assert left.strip() == "", left
