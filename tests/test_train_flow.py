@@ -365,8 +365,15 @@ def test_bad_data_rows_are_counted_with_row_numbers_and_a_data_error_is_not_retr
     source.write_text(json.dumps({"prompt": "x", "answer": None}) + "\n")
     state = prepare_data(DataConfig(source=str(source)), str(tmp_path / "refused"), return_state=True)
     assert state.is_failed() and "no usable rows left" in str(state.result(raise_on_failure=False))
-    with get_client(sync_client=True) as client:
-        assert client.read_task_run(state.state_details.task_run_id).run_count == 1  # a data error: no retries
+    with get_client(sync_client=True) as client:  # task-run states reach the API as events, a moment later
+        deadline = time.monotonic() + 60
+        task_run = client.read_task_run(state.state_details.task_run_id)
+        while not (task_run.state and task_run.state.is_final()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            task_run = client.read_task_run(state.state_details.task_run_id)
+        names = [st.name for st in client.read_task_run_states(task_run.id)]
+    assert task_run.state.is_failed(), names
+    assert not {"AwaitingRetry", "Retrying"} & set(names), names  # a data error: no retries
 
 
 def test_a_kill_between_the_final_checkpoint_and_its_artifact_is_completed_on_rerun(
