@@ -1,4 +1,4 @@
-"""One-step-off rollouts with the CPU vLLM worker, for real: the training flow on the test-size policy, synchronous
+"""One-step-off rollouts with the CPU vLLM worker, for real: the training flow on the embedded tiny policy, synchronous
 and one-step-off, each run to the end and resumed from a middle checkpoint (skipped without ``.venv-vllm``;
 ``make test-vllm``). Each run starts a vLLM worker (15-80 s on 2 shared cores), so the module is ``slow``."""
 
@@ -25,6 +25,8 @@ def _run_and_resume(out, one_step_off: bool):
         rollout={**SMALL["rollout"], "backend": "vllm", "one_step_off": one_step_off},
         eval={**SMALL["eval"], "every": 0},
         keep_checkpoints=3,
+        # the embedded tiny policy: vLLM's CPU attention has no kernel for the test-size policy's head_dim of 16
+        model={**SMALL["model"], "name_or_path": "tiny"},
     )
     first = train(config)
     rollouts = read_rollouts(out / "rollouts").drop(["run_id"])
@@ -45,7 +47,7 @@ def _run_and_resume(out, one_step_off: bool):
     )
 
 
-def test_synchronous_and_one_step_off_runs_complete_and_resume_exactly(prefect_harness, small_policy, tmp_path):
+def test_synchronous_and_one_step_off_runs_complete_and_resume_exactly(prefect_harness, tmp_path):
     results = {}
     for mode in (False, True):
         summary, rollouts, losses, resumed, resumed_losses = _run_and_resume(tmp_path / f"off-{mode}", mode)
