@@ -171,6 +171,7 @@ def train(config: RunConfig) -> dict:
             t_wait = time.perf_counter()
             if ahead is not None:
                 rt.pending = ahead.result()  # the engine is idle again: the sync may replace its weights
+            wait = time.perf_counter() - t_wait
             sync = {}
             if not rt.engine.shares_model:  # hf samples from the trained model itself: nothing to sync
                 sync = sync_weights(rt.engine, rt.model)  # the sampler follows the trainer
@@ -188,8 +189,8 @@ def train(config: RunConfig) -> dict:
                 "rollout/entropy": float((batch.old_entropy * batch.response_mask).sum() / batch.response_mask.sum()),
                 "timing/rollout": t1 - t0,
                 "timing/score": t2 - t1,
-                "timing/update": t3 - t2,
-                **({"timing/rollout_wait": t3 - t_wait - sync.get("timing/weight_sync", 0.0)} if ahead else {}),
+                "timing/update": t3 - t2 - wait,  # the update and the weight sync
+                **({"timing/rollout_wait": wait} if ahead is not None else {}),
                 **sync,
                 "timing/persist": t4 - t3,
             }
