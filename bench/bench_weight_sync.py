@@ -34,7 +34,9 @@ def bench(policy: str, rounds: int) -> dict:
     model, tokenizer = load_policy(resolve_policy(policy, cache_dir()), dtype=torch.float32)
     params = sum(p.numel() for p in model.parameters())
     engine = VLLMRolloutEngine(model, tokenizer, env={"VLLM_CPU_KVCACHE_SPACE": "1"})
-    runs: dict[str, dict[str, list[float]]] = {m: {k: [] for k in [*KEYS, "probe"]} for m in ("file", "memory")}
+    runs: dict[str, dict[str, list[float]]] = {
+        m: {k: [] for k in [*KEYS, "probe", "probe_again"]} for m in ("file", "memory")
+    }
     try:
         start = engine.timings["timing/vllm_worker_start"]
         for r in range(rounds):
@@ -46,6 +48,9 @@ def bench(policy: str, rounds: int) -> dict:
                 for k, name in KEYS.items():
                     runs[mode][k].append(engine.timings[name])
                 runs[mode]["probe"].append(engine.sync_metrics["timing/weight_sync_probe"])
+                # the same check again, weights unchanged: what the probe itself costs, without any one-off work
+                # vLLM does on its first forward after a reload
+                runs[mode]["probe_again"].append(engine.check_sync(model)["timing/weight_sync_probe"])
                 diff = engine.sync_metrics["rollout/sync_probe_max_abs_diff"]
     finally:
         engine.close()
@@ -77,7 +82,8 @@ def main() -> None:
             f"{m['file']['write'] + m['file']['load']:.3f} s (write {m['file']['write']:.3f} + load "
             f"{m['file']['load']:.3f}), memory {m['memory']['write'] + m['memory']['load']:.3f} s (write "
             f"{m['memory']['write']:.3f} + load {m['memory']['load']:.3f}); ratio "
-            f"{result['sync_without_probe_ratio_file_over_memory']:.2f}x; probe {m['memory']['probe']:.3f} s"
+            f"{result['sync_without_probe_ratio_file_over_memory']:.2f}x; probe {m['memory']['probe']:.3f} s, "
+            f"again {m['memory']['probe_again']:.3f} s"
         )
 
 

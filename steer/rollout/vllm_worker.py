@@ -191,41 +191,53 @@ def load_from_shared_memory(worker: Any, name: str, manifest: list[dict]) -> int
     ``reload_weights(weights_iterator=...)`` is vLLM's own in-place reload (``load_weights`` plus the post-load
     processing of each layer), so tensor-parallel ranks each take their shard, as from a checkpoint file. The same
     layout code lives in ``steer.rollout.weight_sync`` (``read_from``); this process imports nothing from steer."""
-    from multiprocessing import shared_memory
-
     import torch
 
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int64": torch.int64}
-    shm = _attach(shared_memory, name)
-    try:
+    shm = _attach(name)
 
-        def tensors():
-            for e in manifest:
-                dtype = dtypes[e["dtype"]]
-                count = e["nbytes"] // dtype.itemsize
-                flat = torch.frombuffer(shm.buf, dtype=dtype, count=count, offset=e["offset"]) if count else None
-                yield e["name"], flat.view(e["shape"]) if count else torch.empty(e["shape"], dtype=dtype)
+    def tensors():
+        for e in manifest:
+            dtype = dtypes[e["dtype"]]
+            count = e["nbytes"] // dtype.itemsize
+            flat = torch.frombuffer(shm.buf, dtype=dtype, count=count, offset=e["offset"]) if count else None
+            yield e["name"], flat.view(e["shape"]) if count else torch.empty(e["shape"], dtype=dtype)
 
-        worker.reload_weights(weights_iterator=tensors())
-        return shm.size
-    finally:
-        import gc
-
-        gc.collect()  # the views must be gone before the block can be unmapped
-        shm.close()
+    worker.reload_weights(weights_iterator=tensors())  # copies into vLLM's own tensors (param.data.copy_)
+    return shm.size
 
 
-def _attach(shared_memory: Any, name: str) -> Any:
-    """Attach to an existing block without registering it with this process's resource tracker (the trainer owns
-    and unlinks it; Python 3.11's tracker would otherwise unlink it when this process exits)."""
-    from multiprocessing import resource_tracker
+_ATTACHED: dict[str, Any] = {}
+"""The shared-memory blocks this process has mapped, by name: the trainer reuses one block step after step, so it is
+mapped once (a new name, after the weights grew, replaces it)."""
 
+
+def _attach(name: str) -> Any:
+    """The block ``name``, mapped once. Attaching does not register it with this process's resource tracker: the
+    trainer owns and unlinks it (Python 3.11's tracker would otherwise unlink it when this process exits)."""
+    from multiprocessing import resource_tracker, shared_memory
+
+    if name in _ATTACHED:
+        return _ATTACHED[name]
+    for old in list(_ATTACHED):
+        block = _ATTACHED.pop(old)
+        try:
+            block.close()
+        except BufferError:  # a view still alive in a reference cycle: collect it, then unmap
+            import gc
+
+            gc.collect()
+            try:
+                block.close()
+            except BufferError:
+                pass  # still referenced: the mapping goes with the process
     register = resource_tracker.register
     resource_tracker.register = lambda *args, **kwargs: None
     try:
-        return shared_memory.SharedMemory(name=name)
+        _ATTACHED[name] = shared_memory.SharedMemory(name=name)
     finally:
         resource_tracker.register = register
+    return _ATTACHED[name]
 
 
 def refresh_tied_lm_head(model: Any) -> bool:
