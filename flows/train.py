@@ -138,24 +138,43 @@ def train(config: RunConfig) -> dict:
         # 3. held-out accuracy of the starting policy
         if rt.start_step == 0:
             evaluate(0)
+
         # 4. the RL loop
+        def rollout_args(s: int) -> tuple:
+            return (
+                rt.engine,
+                rt.tokenizer,
+                data.batch(s),
+                config.rollout,
+                instruction,
+                derive_seed(config.seed, "rollout", s),
+            )
+
         for step in range(rt.start_step, config.steps):
             t0 = time.perf_counter()
             problems = data.batch(step)
-            rollout = generate_rollouts(
-                rt.engine,
-                rt.tokenizer,
-                problems,
-                config.rollout,
-                instruction,
-                derive_seed(config.seed, "rollout", step),
-            )
+            # one-step-off: rollout `step` was sampled during the last update (or restored from the checkpoint)
+            rollout = rt.pending if rt.pending is not None else generate_rollouts(*rollout_args(step))
+            rt.pending = None
             t1 = time.perf_counter()
+            ahead = None
+            if config.rollout.one_step_off and step + 1 < config.steps:  # the engine still has the pre-update weights
+                ahead = generate_rollouts.submit(*rollout_args(step + 1))
             scores = score_rollouts(scorer, rollout, problems, config.reward_mode)
             t2 = time.perf_counter()
-            result, batch = update_policy(rt, rollout, scores["rewards"], derive_seed(config.seed, "update", step))
+            try:
+                result, batch = update_policy(rt, rollout, scores["rewards"], derive_seed(config.seed, "update", step))
+            except BaseException:
+                if ahead is not None:
+                    ahead.wait()  # the engine finishes its request before the runtime closes it
+                raise
+            t_wait = time.perf_counter()
+            if ahead is not None:
+                rt.pending = ahead.result()  # the engine is idle again: the sync may replace its weights
+            wait = time.perf_counter() - t_wait
+            sync = {}
             if not rt.engine.shares_model:  # hf samples from the trained model itself: nothing to sync
-                sync_weights(rt.engine, rt.model)  # the sampler follows the trainer
+                sync = sync_weights(rt.engine, rt.model)  # the sampler follows the trainer
             t3 = time.perf_counter()
             prompts = [rt.tokenizer.decode(ids) for ids in rollout.prompt_ids]
             write_rollouts(str(out), tracker.run_id, step, problems, prompts, rollout, scores, batch, result)
@@ -170,7 +189,9 @@ def train(config: RunConfig) -> dict:
                 "rollout/entropy": float((batch.old_entropy * batch.response_mask).sum() / batch.response_mask.sum()),
                 "timing/rollout": t1 - t0,
                 "timing/score": t2 - t1,
-                "timing/update": t3 - t2,
+                "timing/update": t3 - t2 - wait,  # the update and the weight sync
+                **({"timing/rollout_wait": wait} if ahead is not None else {}),
+                **sync,
                 "timing/persist": t4 - t3,
             }
             metrics["timing/step"] = time.perf_counter() - t0

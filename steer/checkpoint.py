@@ -7,6 +7,8 @@
 - ``optimizer.pt``: the optimizer's ``state_dict``;
 - ``rng_state.pt``: the Python, NumPy (legacy global) and torch CPU/CUDA generator states, and the state of every
   ``torch.Generator`` passed by name (e.g. the sampler's and the shuffle's);
+- ``tensors/<name>.safetensors``: named groups of tensors the caller passes (``tensors=``; e.g. the rollout a
+  one-step-off run sampled ahead), read back with ``load_checkpoint_tensors``;
 - ``manifest.json``, written last: format version, step, the caller's ``extra`` (data-loader position, scheduler
   state: anything JSON-serialisable), the size and the SHA-256 of every file.
 
@@ -35,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steer.fsutil import fsync_path
@@ -44,6 +46,8 @@ FORMAT_VERSION = 1
 """Bump when the folder layout changes; ``load_checkpoint`` refuses other versions."""
 
 MANIFEST = "manifest.json"
+TENSORS = "tensors"
+"""Subfolder of the caller's tensor groups (not a model shard: ``load_checkpoint`` reads only top-level ones)."""
 _NAME = re.compile(r"^step-(\d+)$")
 _SCRATCH_PREFIXES = (".tmp-step-", ".old-step-")
 log = logging.getLogger(__name__)
@@ -68,6 +72,7 @@ def save_checkpoint(
     extra: Mapping[str, Any] | None = None,
     *,
     keep_last: int | None = None,
+    tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Save the training state after ``step`` atomically; returns ``<directory>/step-000123``.
 
@@ -75,6 +80,7 @@ def save_checkpoint(
         generators: named ``torch.Generator`` objects whose states ``load_checkpoint`` restores.
         extra: JSON-serialisable state of the caller, returned by ``load_checkpoint`` (e.g. the data position).
         keep_last: then delete all but the newest ``keep_last`` complete checkpoints (None keeps all).
+        tensors: named groups of CPU tensors, each written to ``tensors/<name>.safetensors`` (hashed like the rest).
     """
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"keep_last={keep_last} would delete the checkpoint just saved: use >= 1 or None")
@@ -92,6 +98,9 @@ def save_checkpoint(
         tokenizer.save_pretrained(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(_rng_state(generators or {}), tmp / "rng_state.pt")
+        for name, group in (tensors or {}).items():
+            (tmp / TENSORS).mkdir(exist_ok=True)
+            save_file({k: v.contiguous() for k, v in group.items()}, str(tmp / TENSORS / f"{name}.safetensors"))
         paths = [p for p in sorted(tmp.rglob("*")) if p.is_file()]
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in paths}
         sha256 = {str(p.relative_to(tmp)): _sha256(p) for p in paths}
@@ -226,6 +235,18 @@ def load_checkpoint(
     optimizer.load_state_dict(_torch_load(path / "optimizer.pt"))
     _set_rng_state(rng, generators or {})
     return manifest["step"], manifest["extra"]
+
+
+def load_checkpoint_tensors(path: str | os.PathLike, name: str) -> dict[str, torch.Tensor] | None:
+    """The tensor group ``name`` saved with ``save_checkpoint(tensors=...)``, or None when the checkpoint has none
+    (verify the checkpoint first: ``verify_checkpoint`` covers these files too)."""
+    file = Path(path) / TENSORS / f"{name}.safetensors"
+    if not file.exists():
+        return None
+    try:
+        return load_file(file)
+    except Exception as e:  # SafetensorError on a torn header
+        raise CheckpointDamaged(f"{file} cannot be read ({type(e).__name__}): the checkpoint is damaged") from None
 
 
 def _sha256(path: Path) -> str:

@@ -14,12 +14,16 @@ from typing import Any
 
 import torch
 
-from steer.checkpoint import latest_good_checkpoint, load_checkpoint
+from steer.checkpoint import latest_good_checkpoint, load_checkpoint, load_checkpoint_tensors
 from steer.config import RunConfig
 from steer.data import Problem
 from steer.objective import Objective, build_objective
 from steer.resume import ResumeCheck, check_resume_dir
-from steer.rollout.base import RolloutEngine, make_rollout_engine
+from steer.rollout.base import RolloutBatch, RolloutEngine, make_rollout_engine
+from steer.rollout.pending import rollout_from_tensors
+
+PENDING = "pending_rollout"
+"""The checkpoint's tensor group holding a one-step-off run's rollout sampled ahead (``steer.rollout.pending``)."""
 
 
 def derive_seed(seed: int, purpose: str, step: int) -> int:
@@ -69,6 +73,19 @@ class DataOrder:
         return self._orders[epoch]
 
 
+def sync_options(config: RunConfig) -> dict[str, Any]:
+    """The weight-sync options of a backend that holds its own copy of the weights (vllm); none for hf, which
+    samples from the trained model itself."""
+    r = config.rollout
+    if r.backend == "hf":
+        return {}
+    return {
+        "weight_sync": r.weight_sync,
+        "probe_tokens": r.sync_probe_tokens,
+        "probe_tolerance": r.sync_probe_tolerance,
+    }
+
+
 @dataclass
 class Runtime:
     """Model, tokenizer, optimizer and rollout engine of one run, and the step to start from."""
@@ -83,6 +100,8 @@ class Runtime:
     extra: dict = field(default_factory=dict)
     objective: Objective | None = None  # the algorithm's loss, built once (open_runtime)
     resume: ResumeCheck = field(default_factory=ResumeCheck)  # safe config changes against the checkpoint's
+    pending: RolloutBatch | None = None
+    """rollout.one_step_off: the rollout of step ``start_step`` sampled ahead, restored from the checkpoint."""
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -114,7 +133,13 @@ def open_runtime(config: RunConfig, policy_path: str) -> Runtime:
     start, extra = 0, {}
     if ckpt is not None:
         start, extra = load_checkpoint(ckpt, model, optimizer, {}, verify=False)  # verified just above
-    engine = make_rollout_engine(config.rollout.backend, model=model, tokenizer=tokenizer)
+    engine = make_rollout_engine(config.rollout.backend, model=model, tokenizer=tokenizer, **sync_options(config))
     objective = build_objective(config.algorithm)
     objective.load_state_dict(extra.get("objective", {}))  # the adaptive entropy coefficient of a resumed run
-    return Runtime(config, model, tokenizer, optimizer, engine, device, start, extra, objective, resume)
+    rt = Runtime(config, model, tokenizer, optimizer, engine, device, start, extra, objective, resume)
+    saved = load_checkpoint_tensors(ckpt, PENDING) if ckpt is not None and config.rollout.one_step_off else None
+    if saved is not None:
+        step, rt.pending = rollout_from_tensors(saved)
+        if step != start:
+            raise ValueError(f"{ckpt}: its pending rollout is for step {step}, the run resumes at {start}")
+    return rt

@@ -13,8 +13,9 @@ from steer.batch import PolicyBatch
 from steer.checkpoint import MANIFEST, checkpoint_path, save_checkpoint
 from steer.data import Problem
 from steer.rollout.base import RolloutBatch
+from steer.rollout.pending import rollout_to_tensors
 from steer.rollout_store import rollout_table, write_step
-from steer.runtime import Runtime
+from steer.runtime import PENDING, Runtime
 from steer.tracking import Tracker
 from steer.update import UpdateResult
 
@@ -73,6 +74,8 @@ def checkpoint(rt: Runtime, step: int) -> str:
         rt.optimizer,
         extra={**rt.extra, "config": rt.config.model_dump(mode="json"), "config_version": rt.resume.version},
         keep_last=rt.config.keep_checkpoints,
+        # one-step-off: the rollout of the next step, sampled with weights this checkpoint does not hold
+        tensors={PENDING: rollout_to_tensors(rt.pending, step)} if rt.pending is not None else None,
     )
     return str(path)
 

@@ -111,7 +111,10 @@ def update_policy(
 
 
 @task(name="sync-weights", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def sync_weights(engine: RolloutEngine, model: Any) -> None:
-    """Push the trained weights to the rollout engine (vLLM: a safetensors write and a reload in the worker).
-    Idempotent, so it retries."""
+def sync_weights(engine: RolloutEngine, model: Any) -> dict[str, float]:
+    """Push the trained weights to the rollout engine (vLLM: shared memory or a safetensors file, reloaded in the
+    worker), then its probe check; returns the engine's ``sync_metrics`` (``rollout/sync_probe_*``,
+    ``timing/weight_sync``). Idempotent, so it retries: a failed check (``WeightSyncError``) is re-synced twice
+    before the step fails."""
     engine.update_weights(model)
+    return dict(getattr(engine, "sync_metrics", {}))

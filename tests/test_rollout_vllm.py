@@ -26,6 +26,7 @@ from steer.rollout import ROLLOUT_BACKENDS, RolloutEngine, make_rollout_engine  
 from steer.rollout.hf import HFRolloutEngine  # noqa: E402
 from steer.rollout.vllm_client import ROOT, VLLMRolloutEngine, VLLMWorkerError, row_seed, write_weights  # noqa: E402
 from steer.rollout.vllm_worker import recv_message, send_message  # noqa: E402
+from steer.rollout.weight_sync import WeightSyncError, sync_tensors  # noqa: E402
 from steer.runtime import cache_dir  # noqa: E402
 
 pytestmark = pytest.mark.unit
@@ -241,7 +242,7 @@ def test_worker_death_restart_and_close(policy):
     model, _ = policy
     folder = Path(resolve_policy("tiny", cache_dir()))
     written = (folder / "model.safetensors").stat().st_mtime_ns
-    engine = VLLMRolloutEngine(folder)
+    engine = VLLMRolloutEngine(folder, weight_sync="file")
     try:
         first = _generate(engine)
         engine.update_weights(folder)  # a folder is loaded as it is
@@ -259,3 +260,66 @@ def test_worker_death_restart_and_close(policy):
     assert not work_dir.exists()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def _perturbed(model, scale: float = 0.1):
+    perturbed = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in perturbed.parameters():
+            p.add_(scale * p.std() * torch.randn(p.shape, generator=g))
+    return perturbed
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_memory_sync_passes_the_probe_check_and_a_corrupted_sync_is_caught(engine, policy):
+    """After an in-memory sync the engine's probe log-probs equal the trainer's within the tolerance (and its samples
+    follow the new weights); a sync with one wrong tensor fails the check; the file fallback loads the same bits."""
+    model, _ = policy
+    perturbed = _perturbed(model)
+    assert engine.weight_sync == "memory" and engine.probe_tolerance == 1e-3
+    try:
+        engine.update_weights(perturbed)
+        memory = dict(engine.sync_metrics)
+        print(f"\nmemory sync: {memory}")
+        assert memory["rollout/sync_probe_max_abs_diff"] < 1e-3
+        mean, worst = logp_mismatch(perturbed, _generate(engine, n_samples=8), 1.0)
+        assert mean < 1e-5 and worst < 1e-4
+        tensors = sync_tensors(perturbed)  # a mis-named tensor: layer 1's MLP output under layer 0
+        tensors["model.layers.0.mlp.down_proj.weight"] = tensors["model.layers.1.mlp.down_proj.weight"].clone()
+        engine.push_tensors(tensors)
+        with pytest.raises(WeightSyncError, match=r"differ from the trainer's by up to .*sync_probe_tolerance"):
+            engine.check_sync(perturbed)
+        print(f"corrupted sync: max |diff| {probe_of(engine, perturbed):.3g}")
+        engine.weight_sync = "file"
+        engine.update_weights(perturbed)
+        print(f"file sync: {engine.sync_metrics}")
+        assert engine.sync_metrics["rollout/sync_probe_max_abs_diff"] == memory["rollout/sync_probe_max_abs_diff"]
+    finally:
+        engine.weight_sync = "memory"
+        engine.update_weights(model)
+
+
+def probe_of(engine, model) -> float:
+    try:
+        return engine.check_sync(model)["rollout/sync_probe_max_abs_diff"]
+    except WeightSyncError as e:
+        return float(str(e).split("by up to ")[1].split()[0])
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_a_restarted_worker_gets_the_latest_memory_synced_weights(policy):
+    """The shared block is replayed on a fresh worker: after a kill, the samples are those of the synced weights."""
+    model, tokenizer = policy
+    engine = VLLMRolloutEngine(model, tokenizer)
+    try:
+        engine.update_weights(_perturbed(model))
+        synced = _generate(engine)
+        os.killpg(engine.worker_pid, signal.SIGKILL)
+        with pytest.raises(VLLMWorkerError):
+            _generate(engine)
+        assert torch.equal(_generate(engine).response_ids, synced.response_ids)
+    finally:
+        engine.close()

@@ -12,9 +12,12 @@ standard library is used here to talk to it; nothing in this module imports vllm
 - **Seeds**: each row is its own vLLM request seeded with ``row_seed(seed, b, g)``, so a call is reproducible and
   a row's sample does not depend on the rest of the batch (unlike the hf backend's one generator per batch).
 - **Weights**: the trainer's model is written once to a folder in a private temp dir (``config.json`` plus one
-  ``model.safetensors``); ``update_weights(model)`` rewrites the safetensors file and the worker reloads every
-  weight in place (``Worker.reload_weights``) and drops its prefix cache. Measured cost and the GPU alternative
-  (NCCL broadcast) are in ``docs/vllm.md``.
+  ``model.safetensors``) for the worker to start from. ``update_weights(model)`` then pushes the current weights,
+  ``weight_sync="memory"`` (the default) through one shared-memory block the worker maps
+  (``steer.rollout.weight_sync.SharedWeights``), ``"file"`` by rewriting the safetensors file; either way the worker
+  reloads every weight in place and drops its prefix cache. After each sync the **probe check** compares the
+  engine's and the trainer's log-probs of a fixed sequence and raises ``WeightSyncError`` above the tolerance.
+  Measured costs and the GPU design (NCCL broadcast) are in ``docs/vllm.md``.
 - **sampling_logp** is vLLM's log-prob of the sampled token under ``log_softmax(logits / temperature)``; with
   ``top_p=1`` it is the quantity the trainer recomputes as the old log-prob, so ``mean |sampling_logp - old_logp|``
   over the response mask measures the train/inference mismatch. With ``top_p < 1`` vLLM renormalises over the
@@ -45,6 +48,7 @@ from safetensors.torch import save_file
 from steer.rollout.base import RolloutBatch, encode_prompts
 from steer.rollout.hf import _eos_ids
 from steer.rollout.vllm_worker import recv_message, send_message  # stdlib-only framing helpers
+from steer.rollout.weight_sync import SharedWeights, check_probe, probe_token_ids, sync_tensors, trainer_probe_logp
 
 ROOT = Path(__file__).resolve().parents[2]
 """The checkout root, where ``make vllm-venv`` puts ``.venv-vllm``."""
@@ -80,17 +84,11 @@ def write_weights(model: Any, folder: Path, dtype: torch.dtype | None = None) ->
 
     Tied tensors (e.g. embeddings and LM head) are written once, under the first name of the state dict, which is
     the name checkpoints use (``model.embed_tokens.weight``). Floating tensors are cast to ``dtype`` if given."""
-    tensors: dict[str, torch.Tensor] = {}
-    seen: set[tuple[int, tuple[int, ...]]] = set()
-    for name, tensor in model.state_dict().items():
-        key = (tensor.data_ptr(), tuple(tensor.shape))
-        if tensor.numel() and key in seen:
-            continue
-        seen.add(key)
-        tensor = tensor.detach()
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        tensors[name] = tensor.cpu().contiguous()
+    return save_tensors(sync_tensors(model, dtype), folder)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], folder: Path) -> Path:
+    """Write ``tensors`` to ``folder/model.safetensors`` atomically (temp file + rename)."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / "model.safetensors"
     tmp = folder / f".model.safetensors.{os.getpid()}.tmp"
@@ -127,6 +125,12 @@ class VLLMRolloutEngine:
             temp dir; ``/dev/shm`` avoids disk I/O for large models).
         add_special_tokens: passed to the tokenizer when encoding prompts (as in the hf backend).
         env: extra environment variables for the worker (e.g. ``CUDA_VISIBLE_DEVICES``, ``VLLM_CPU_KVCACHE_SPACE``).
+        weight_sync: how ``update_weights`` moves the weights: ``"memory"`` (a shared-memory block the worker maps,
+            no file and no serialisation) or ``"file"`` (rewrite ``model.safetensors`` in ``work_dir``; the
+            fallback, e.g. when the worker runs where the trainer's shared memory is not visible).
+        probe_tokens: length of the probe sequence scored by both sides after every sync (0: no probe check).
+        probe_tolerance: the largest |log-prob difference| on the probe the check accepts before it raises
+            ``WeightSyncError`` (float32 on both sides measures ~1e-5; a bfloat16 engine needs ~0.1-0.5).
     """
 
     shares_model = False  # the worker holds its own copy: every update is pushed with update_weights
@@ -148,7 +152,17 @@ class VLLMRolloutEngine:
         work_dir: str | os.PathLike | None = None,
         add_special_tokens: bool = True,
         env: dict[str, str] | None = None,
+        weight_sync: str = "memory",
+        probe_tokens: int = 32,
+        probe_tolerance: float = 1e-3,
     ):
+        if weight_sync not in ("memory", "file"):
+            raise ValueError(f"weight_sync={weight_sync!r}: use 'memory' (shared memory) or 'file' (safetensors)")
+        self.weight_sync = weight_sync
+        self.probe_tokens, self.probe_tolerance = probe_tokens, probe_tolerance
+        self.sync_metrics: dict[str, float] = {}
+        """The latest probe check (``rollout/sync_probe_*``) and sync time (``timing/weight_sync``)."""
+        self._shm_update: dict | None = None  # the latest shared-memory sync, replayed on a restarted worker
         self.python = resolve_python(python)
         self.startup_timeout = startup_timeout
         self.request_timeout = request_timeout
@@ -182,7 +196,7 @@ class VLLMRolloutEngine:
         self.eos_ids: list[int] = [e] if isinstance(e := _eos_ids(model_for_eos, tokenizer), int) else list(e)
         pad = tokenizer.pad_token_id
         self.pad_token_id: int = tokenizer.eos_token_id if pad is None else pad
-        self._state = SimpleNamespace(proc=None, sock=None)  # shared with the finalizer, which must not hold self
+        self._state = SimpleNamespace(proc=None, sock=None, shared=SharedWeights())  # the finalizer must not hold self
         self._finalizer = weakref.finalize(self, _shutdown, self._state, self.work_dir)
         self._start_worker()
 
@@ -242,16 +256,58 @@ class VLLMRolloutEngine:
         )
 
     def update_weights(self, model: Any) -> None:
-        """Push ``model``'s current weights to the worker (a folder path is sent as it is: its ``*.safetensors``
-        are loaded, with checkpoint names). Call it after every optimizer update, before the next ``generate``."""
+        """Push ``model``'s current weights to the worker, then run the probe check against ``model`` (raises
+        ``WeightSyncError`` when the engine disagrees). A folder path is loaded as it is (its ``*.safetensors``,
+        checkpoint names; no probe: there is no trainer to compare with). Call it after every optimizer update,
+        before the next ``generate``."""
         t0 = time.perf_counter()
-        path = Path(model) if isinstance(model, str | os.PathLike) else self._write_model(model)
+        if isinstance(model, str | os.PathLike):
+            self._reload_folder(Path(model), t0)
+        else:
+            self.push_tensors(sync_tensors(model, self.weight_dtype))
+            if self.probe_tokens:
+                self.check_sync(model)
+        self.sync_metrics["timing/weight_sync"] = time.perf_counter() - t0
+        self.timings["timing/vllm_weight_sync"] = time.perf_counter() - t0
+
+    def push_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load ``tensors`` (checkpoint names, the engine's dtype) into the worker by the ``weight_sync`` path.
+        ``update_weights`` calls it with the trainer's tensors; a test can push altered ones."""
+        t0 = time.perf_counter()
+        if self.weight_sync == "file":
+            self._write_model_config()
+            self._reload_folder(save_tensors(tensors, self.work_dir / "model").parent, t0)
+            return
+        name, manifest = self._state.shared.pack(tensors)
+        t1 = time.perf_counter()
+        self._shm_update = {"op": "update_weights_shm", "shm": name, "manifest": manifest}
+        reply = self._request(self._shm_update)
+        self.timings["timing/vllm_weight_write"] = t1 - t0
+        self.timings["timing/vllm_weight_load"] = reply["elapsed_s"]
+
+    def probe_logp(self, token_ids: list[int]) -> torch.Tensor:
+        """(L-1,) the engine's log-prob of each token of ``token_ids`` after the first, given those before it."""
+        reply = self._request({"op": "probe", "token_ids": [int(i) for i in token_ids]})
+        return torch.tensor(reply["logprobs"], dtype=torch.float32)
+
+    def check_sync(self, model: Any) -> dict[str, float]:
+        """The probe check: score the fixed probe sequence (``probe_tokens`` ids drawn with seed 0 from the
+        model's vocabulary) on the engine and on ``model``; record ``rollout/sync_probe_*`` in ``sync_metrics`` and
+        raise ``WeightSyncError`` when the max |difference| exceeds ``probe_tolerance``."""
+        t0 = time.perf_counter()
+        ids = probe_token_ids(int(model.config.vocab_size), max(self.probe_tokens, 2))
+        engine_logp = self.probe_logp(ids)
+        self.sync_metrics = check_probe(engine_logp, trainer_probe_logp(model, ids), self.probe_tolerance)
+        self.sync_metrics["timing/weight_sync_probe"] = time.perf_counter() - t0
+        return self.sync_metrics
+
+    def _reload_folder(self, path: Path, t0: float) -> None:
         t1 = time.perf_counter()
         reply = self._request({"op": "update_weights", "path": str(path)})
         self.model_dir = path  # a restarted worker starts from the latest weights
+        self._shm_update = None
         self.timings["timing/vllm_weight_write"] = t1 - t0
         self.timings["timing/vllm_weight_load"] = reply["elapsed_s"]
-        self.timings["timing/vllm_weight_sync"] = time.perf_counter() - t0
 
     def close(self) -> None:
         """Stop the worker (polite ``shutdown``, then SIGTERM/SIGKILL to its process group) and remove the temp
@@ -275,6 +331,14 @@ class VLLMRolloutEngine:
                 model.generation_config.save_pretrained(folder)
         write_weights(model, folder, self.weight_dtype)
         return folder
+
+    def _write_model_config(self) -> None:
+        """``work_dir/model`` must hold a config before weights are reloaded from it (a folder-served engine)."""
+        folder = self.work_dir / "model"
+        if not (folder / "config.json").exists():
+            import shutil
+
+            shutil.copytree(self.model_dir, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.safetensors"))
 
     def _start_worker(self) -> None:
         """Start the worker on ``model_dir`` and wait until it connects back, or raise VLLMWorkerError."""
@@ -330,7 +394,9 @@ class VLLMRolloutEngine:
     def _request(self, message: dict) -> dict:
         """Send one request and return its reply; (re)starts the worker if needed."""
         if self._state.sock is None:
-            self._start_worker()  # the model folder holds the latest weights
+            self._start_worker()  # the model folder holds the latest file-synced weights
+            if self._shm_update is not None and message is not self._shm_update:
+                self._request(self._shm_update)  # the block holds the latest memory-synced ones
         try:
             send_message(self._state.sock, message)
             reply = recv_message(self._state.sock)
@@ -404,4 +470,5 @@ def _shutdown(state: SimpleNamespace, work_dir: Path) -> None:
     try:
         _stop(state)
     finally:
+        state.shared.close()
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -22,6 +22,14 @@ request ``{"op": ...}`` gets one reply, ``{"ok": true, ...}`` or ``{"ok": false,
 - ``update_weights``: ``path`` (a folder of ``*.safetensors`` with checkpoint-format names) -> ``elapsed_s``;
   reloads every weight in place (``Worker.reload_weights``; on CPU also re-packs a tied LM head, see
   ``refresh_tied_lm_head``) and drops the prefix cache, whose KV entries were computed with the old weights.
+- ``update_weights_shm``: ``shm`` (the name of a ``multiprocessing.shared_memory`` block) and ``manifest`` (one
+  ``{name, dtype, shape, offset, nbytes}`` per tensor, checkpoint-format names) -> ``elapsed_s``. Each vLLM worker
+  process maps the block and feeds zero-copy views through the same in-place reload (``reload_weights`` with a
+  ``weights_iterator``: vLLM's ``load_weights`` and its post-load processing), then the prefix cache is dropped.
+  No file and no serialisation: one copy into the block on the trainer's side, one into vLLM's tensors here.
+- ``probe``: ``token_ids`` (one sequence) -> ``logprobs`` (the log-prob of each token after the first given the
+  tokens before it, at temperature 1: vLLM's ``prompt_logprobs``), ``elapsed_s``. The client compares them with
+  the trainer's after every weight sync.
 - ``ping`` -> ``{"ok": true}``; ``shutdown`` -> ``{"ok": true}``, then the worker exits.
 
 Log-probs: ``logprobs_mode="processed_logprobs"`` and ``SamplingParams(logprobs=0)`` give the sampled token's
@@ -138,15 +146,98 @@ class Worker:
         self.llm.reset_prefix_cache()
         return {"ok": True, "elapsed_s": time.perf_counter() - t0}
 
+    def update_weights_shm(self, request: dict) -> dict:
+        from vllm.platforms import current_platform
+
+        t0 = time.perf_counter()
+        self.llm.collective_rpc(
+            load_from_shared_memory, kwargs={"name": request["shm"], "manifest": request["manifest"]}
+        )
+        if current_platform.is_cpu():
+            self.llm.apply_model(refresh_tied_lm_head)
+        self.llm.reset_prefix_cache()
+        return {"ok": True, "elapsed_s": time.perf_counter() - t0}
+
+    def probe(self, request: dict) -> dict:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        t0 = time.perf_counter()
+        ids = [int(i) for i in request["token_ids"]]
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False, seed=0)
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)[0]
+        logprobs = [float(step[t].logprob) for t, step in zip(ids[1:], out.prompt_logprobs[1:])]
+        return {"ok": True, "logprobs": logprobs, "elapsed_s": time.perf_counter() - t0}
+
     def handle(self, request: dict) -> dict:
         op = request.get("op")
         if op == "generate":
             return self.generate(request)
         if op == "update_weights":
             return self.update_weights(request)
+        if op == "update_weights_shm":
+            return self.update_weights_shm(request)
+        if op == "probe":
+            return self.probe(request)
         if op in ("ping", "shutdown"):
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r}", "traceback": ""}
+
+
+def load_from_shared_memory(worker: Any, name: str, manifest: list[dict]) -> int:
+    """Run inside each vLLM worker process (``collective_rpc``): map the shared-memory block ``name`` and reload
+    the model in place from zero-copy views of the tensors ``manifest`` describes; returns the bytes mapped.
+
+    ``reload_weights(weights_iterator=...)`` is vLLM's own in-place reload (``load_weights`` plus the post-load
+    processing of each layer), so tensor-parallel ranks each take their shard, as from a checkpoint file. The same
+    layout code lives in ``steer.rollout.weight_sync`` (``read_from``); this process imports nothing from steer."""
+    import torch
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int64": torch.int64}
+    shm = _attach(name)
+
+    def tensors():
+        for e in manifest:
+            dtype = dtypes[e["dtype"]]
+            count = e["nbytes"] // dtype.itemsize
+            flat = torch.frombuffer(shm.buf, dtype=dtype, count=count, offset=e["offset"]) if count else None
+            yield e["name"], flat.view(e["shape"]) if count else torch.empty(e["shape"], dtype=dtype)
+
+    worker.reload_weights(weights_iterator=tensors())  # copies into vLLM's own tensors (param.data.copy_)
+    return shm.size
+
+
+_ATTACHED: dict[str, Any] = {}
+"""The shared-memory blocks this process has mapped, by name: the trainer reuses one block step after step, so it is
+mapped once (a new name, after the weights grew, replaces it)."""
+
+
+def _attach(name: str) -> Any:
+    """The block ``name``, mapped once. Attaching does not register it with this process's resource tracker: the
+    trainer owns and unlinks it (Python 3.11's tracker would otherwise unlink it when this process exits)."""
+    from multiprocessing import resource_tracker, shared_memory
+
+    if name in _ATTACHED:
+        return _ATTACHED[name]
+    for old in list(_ATTACHED):
+        block = _ATTACHED.pop(old)
+        try:
+            block.close()
+        except BufferError:  # a view still alive in a reference cycle: collect it, then unmap
+            import gc
+
+            gc.collect()
+            try:
+                block.close()
+            except BufferError:
+                pass  # still referenced: the mapping goes with the process
+    register = resource_tracker.register
+    resource_tracker.register = lambda *args, **kwargs: None
+    try:
+        _ATTACHED[name] = shared_memory.SharedMemory(name=name)
+    finally:
+        resource_tracker.register = register
+    return _ATTACHED[name]
 
 
 def refresh_tied_lm_head(model: Any) -> bool:
