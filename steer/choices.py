@@ -21,6 +21,8 @@ WEIGHT_MAPS = ("exp", "linear", "asymmetric")
 NORMALISERS = ("group", "group_quantile", "micro", "mini", "rollout", "running")
 ROLLOUT_BACKENDS = ("hf", "vllm")
 OPTIMIZERS = ("sgd", "adamw")
+ROLLOUT_CORRECTIONS = ("truncate", "mask")
+IS_LEVELS = ("token", "sequence", "geometric")
 
 AdvantageEstimatorName = Literal[ADVANTAGE_ESTIMATORS]
 AggregationName = Literal[AGGREGATIONS]
@@ -30,3 +32,5 @@ WeightMapName = Literal[WEIGHT_MAPS]
 NormaliserName = Literal[NORMALISERS]
 RolloutBackendName = Literal[ROLLOUT_BACKENDS]
 OptimizerName = Literal[OPTIMIZERS]
+RolloutCorrectionName = Literal[("none", *ROLLOUT_CORRECTIONS)]  # none: no correction (the default)
+IsLevelName = Literal[IS_LEVELS]
