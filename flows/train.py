@@ -25,8 +25,9 @@ from tasks.data import fit_context, prepare_data, prepare_policy, read_problems
 from tasks.evaluate import evaluate_policy
 from tasks.persist import checkpoint, log_final_checkpoint, log_metrics, log_policy, write_rollouts
 from tasks.progress import RunProgress, flow_run_link, mlflow_run_url
-from tasks.rl import generate_rollouts, score_rollouts, sync_weights, update_policy
+from tasks.rl import sync_weights, update_policy
 from tasks.runs import claim_output_dir
+from tasks.sampling import sample_and_score
 from tasks.slots import training_slot
 from tasks.tracking import MlflowTracker, run_tags
 
@@ -141,17 +142,9 @@ def train(config: RunConfig) -> dict:
         # 4. the RL loop
         for step in range(rt.start_step, config.steps):
             t0 = time.perf_counter()
-            problems = data.batch(step)
-            rollout = generate_rollouts(
-                rt.engine,
-                rt.tokenizer,
-                problems,
-                config.rollout,
-                instruction,
-                derive_seed(config.seed, "rollout", step),
-            )
-            t1 = time.perf_counter()
-            scores = score_rollouts(scorer, rollout, problems, config.reward_mode)
+            # sample and score B prompts x G (DAPO's dynamic sampling refills the zero-variance groups, when on)
+            sampled = sample_and_score(rt.engine, rt.tokenizer, scorer, data, step, config)
+            problems, rollout, scores = sampled.problems, sampled.rollout, sampled.scores
             t2 = time.perf_counter()
             result, batch = update_policy(rt, rollout, scores["rewards"], derive_seed(config.seed, "update", step))
             if not rt.engine.shares_model:  # hf samples from the trained model itself: nothing to sync
@@ -168,8 +161,7 @@ def train(config: RunConfig) -> dict:
                 **logp_mismatch(rollout.sampling_logp, batch.old_logp, batch.response_mask),
                 "reward/verifier_errors": float(scores["verifier_errors"]),
                 "rollout/entropy": float((batch.old_entropy * batch.response_mask).sum() / batch.response_mask.sum()),
-                "timing/rollout": t1 - t0,
-                "timing/score": t2 - t1,
+                **sampled.metrics,  # timing/rollout, timing/score, dynamic sampling and overlong shaping
                 "timing/update": t3 - t2,
                 "timing/persist": t4 - t3,
             }

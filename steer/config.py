@@ -79,6 +79,41 @@ class RolloutConfig(_Section):
     max_new_tokens: int = Field(16, gt=0, description="Longest response; longer ones are cut and marked truncated.")
 
 
+class DynamicSamplingConfig(_Section):
+    """DAPO's dynamic sampling (Yu et al. 2025): groups whose G rewards are all equal (advantage 0, no gradient) are
+    dropped and more prompts are sampled until the batch holds B groups (``tasks.sampling.sample_and_score``)."""
+
+    enabled: bool = Field(False, description="Drop zero-variance groups and refill to B (off: the paper's batches).")
+    max_extra_rounds: int = Field(
+        4,
+        ge=0,
+        description="Bound on the extra generation rounds per step, each of B new prompts. When it is reached the "
+        "step trains on the groups it has (fewer than B) and rollout/dynamic_sampling_bound_reached is 1 (verl's "
+        "DAPO raises instead); a step with no informative group at all trains on its first round's groups.",
+    )
+
+
+class OverlongPenaltyConfig(_Section):
+    """DAPO's soft overlong punishment: 0 up to max_length - cache, linear down to -factor at max_length, added to
+    the verifier's reward."""
+
+    enabled: bool = Field(False, description="Add the length penalty to the reward (off: the paper's +1/-1).")
+    max_length: int | None = Field(
+        None, gt=0, description="L_max, the length budget in tokens; None: rollout.max_new_tokens (DAPO's setting)."
+    )
+    cache: int | None = Field(
+        None,
+        gt=0,
+        description="L_cache, the soft zone's width; None: a fifth of L_max (DAPO: 4096 of 20480).",
+    )
+    factor: float = Field(1.0, gt=0, description="Scale of the penalty (DAPO: 1, against rewards of +1/-1).")
+
+    def lengths(self, max_new_tokens: int) -> tuple[int, int]:
+        """(L_max, L_cache) with the defaults resolved against ``rollout.max_new_tokens``."""
+        max_length = self.max_length or max_new_tokens
+        return max_length, self.cache or max(1, max_length // 5)
+
+
 class OptimConfig(_Section):
     lr: float = Field(1e-6, gt=0, description="AdamW learning rate, constant (paper: 1e-6 for a 7B model).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (paper: 0.01).")
@@ -137,6 +172,8 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
+    overlong_penalty: OverlongPenaltyConfig = Field(default_factory=OverlongPenaltyConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -158,6 +195,12 @@ class RunConfig(_Section):
             raise ValueError(
                 f"optim.micro_batch_size={self.optim.micro_batch_size} must divide the mini-batch of "
                 f"{mini} prompts x {g} samples = {mini * g} responses: pick a divisor of {mini * g}"
+            )
+        max_length, cache = self.overlong_penalty.lengths(self.rollout.max_new_tokens)
+        if self.overlong_penalty.enabled and cache > max_length:
+            raise ValueError(
+                f"overlong_penalty.cache={cache} must not exceed overlong_penalty.max_length={max_length}: set a "
+                "smaller cache (DAPO uses a fifth of the budget)"
             )
         return self
 
