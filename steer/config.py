@@ -68,6 +68,56 @@ class DataConfig(_Section):
     )
 
 
+class VllmEngineConfig(_Section):
+    """The vLLM engine of ``rollout.backend=vllm`` (docs/vllm.md): passed to ``VLLMRolloutEngine`` and on to
+    ``vllm.LLM``. Read only with that backend. None leaves vLLM's own default."""
+
+    python: str = Field(
+        ".venv-vllm/bin/python",
+        description="The vLLM venv's interpreter (`make vllm-venv` builds it); relative: to the working directory, "
+        "then the checkout root.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32",
+        description="The sampler's precision. float32 (the trainer's: the mismatch is ~3e-7, and vLLM's bf16 CPU "
+        "kernels died with SIGILL here); bfloat16 on GPUs for speed (watch rollout/logp_mismatch, or correct it "
+        "with algorithm.rollout_correction); auto: vLLM serves a float32 checkpoint in bfloat16.",
+    )
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Share of the GPU's memory vLLM takes for weights and KV cache (vLLM: 0.9). Lower it (e.g. "
+        "0.3-0.5) when the trainer shares the GPU, or the trainer's first step runs out of memory.",
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs per model replica (tensor parallelism); 1 for models that fit on one GPU."
+    )
+    enable_prefix_caching: bool | None = Field(
+        None,
+        description="Reuse the KV cache of shared prefixes (the G samples of a prompt share it; vLLM's default is "
+        "on). The worker drops the cache at every weight sync, since its entries belong to the old weights.",
+    )
+    max_num_seqs: int | None = Field(
+        None,
+        gt=0,
+        description="Most sequences in one engine step (vLLM: 256 on GPU). Raise it for large B*G on large GPUs; "
+        "lower it when the KV cache is short of memory.",
+    )
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``VLLMRolloutEngine`` (the unset ones left to vLLM)."""
+        options: dict[str, Any] = dict(
+            python=self.python, dtype=self.dtype, tensor_parallel_size=self.tensor_parallel_size
+        )
+        if self.gpu_memory_utilization is not None:
+            options["gpu_memory_utilization"] = self.gpu_memory_utilization
+        llm = {k: getattr(self, k) for k in ("enable_prefix_caching", "max_num_seqs") if getattr(self, k) is not None}
+        if llm:
+            options["engine_args"] = llm
+        return options
+
+
 class RolloutConfig(_Section):
     backend: RolloutBackendName = Field(
         "hf", description="'hf' (transformers, KV cache; CPU or GPU) or 'vllm' (GPU, own venv)."
@@ -77,6 +127,11 @@ class RolloutConfig(_Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature; also divides the logits in the loss.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (paper: 1.0 for training).")
     max_new_tokens: int = Field(16, gt=0, description="Longest response; longer ones are cut and marked truncated.")
+    vllm: VllmEngineConfig = Field(default_factory=VllmEngineConfig, description="vLLM engine settings (backend vllm).")
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword arguments of the backend's engine beyond the model and tokenizer."""
+        return self.vllm.engine_options() if self.backend == "vllm" else {}
 
 
 class DynamicSamplingConfig(_Section):
