@@ -20,9 +20,9 @@ from steer.diagnostics import logp_mismatch, rollout_metrics
 from steer.rollout_store import remove_steps_after
 from steer.runtime import DataOrder, derive_seed, open_runtime, resolve_device
 from steer.tracking import closing_run, with_aliases
-from steer.verifiers import VERIFIERS
 from tasks.data import fit_context, prepare_data, prepare_policy, read_problems
 from tasks.evaluate import evaluate_policy
+from tasks.fanout import make_scorer
 from tasks.persist import checkpoint, log_final_checkpoint, log_metrics, log_policy, write_rollouts
 from tasks.progress import RunProgress, flow_run_link, mlflow_run_url
 from tasks.rl import sync_weights, update_policy
@@ -94,7 +94,7 @@ def train(config: RunConfig) -> dict:
         stack.callback(rt.close)
         train_set, heldout = fit_context(train_set, rt, "train"), fit_context(heldout, rt, "heldout")
         remove_steps_after(out / "rollouts", rt.start_step - 1)  # steps past the checkpoint are redone
-        scorer = stack.enter_context(VERIFIERS.get(config.verifier)())
+        scorer = stack.enter_context(make_scorer(config.verifier, config.scoring))  # pool, or Ray/Dask
         run_name = f"{config.algorithm.name}-s{config.seed}"
         tracker = stack.enter_context(closing_run(MlflowTracker(out, experiment=config.experiment, run_name=run_name)))
         if not tracker.resumed:

@@ -23,6 +23,7 @@ ROLLOUT_BACKENDS = ("hf", "vllm")
 OPTIMIZERS = ("sgd", "adamw")
 ROLLOUT_CORRECTIONS = ("truncate", "mask")
 IS_LEVELS = ("token", "sequence", "geometric")
+SCORING_RUNNERS = ("pool", "ray", "dask")
 
 AdvantageEstimatorName = Literal[ADVANTAGE_ESTIMATORS]
 AggregationName = Literal[AGGREGATIONS]
@@ -34,3 +35,4 @@ RolloutBackendName = Literal[ROLLOUT_BACKENDS]
 OptimizerName = Literal[OPTIMIZERS]
 RolloutCorrectionName = Literal[("none", *ROLLOUT_CORRECTIONS)]  # none: no correction (the default)
 IsLevelName = Literal[IS_LEVELS]
+ScoringRunnerName = Literal[SCORING_RUNNERS]

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from steer.algorithms import ALGORITHMS, MOVED_FIELDS, SECTIONS, AlgorithmConfig, get_algorithm, merge_algorithm
-from steer.choices import RolloutBackendName
+from steer.choices import RolloutBackendName, ScoringRunnerName
 
 
 class _Section(BaseModel):
@@ -169,6 +169,41 @@ class OverlongPenaltyConfig(_Section):
         return max_length, self.cache or max(1, max_length // 5)
 
 
+class ScoringConfig(_Section):
+    """Where the verifier runs (``tasks.fanout``): this machine's process pool, or chunks fanned out as Prefect
+    tasks on a Ray or Dask cluster (``prefect-ray``, ``prefect-dask``), each worker with its own guarded verifier."""
+
+    runner: ScoringRunnerName = Field(
+        "pool",
+        description="pool (the verifier's own process pool on this machine: the default), ray (RayTaskRunner) or "
+        "dask (DaskTaskRunner). Same verdicts (tested); a cluster pays off when verification, not generation, is "
+        "the wall (code sandboxes, long math answers), see docs/performance.md.",
+    )
+    num_workers: int | None = Field(
+        None,
+        gt=0,
+        description="pool: verifier processes (None: every core); ray/dask: workers of the local cluster started "
+        "for the run (None: 2). Ignored with an address.",
+    )
+    address: str | None = Field(
+        None,
+        description="ray/dask: an existing cluster to submit to ('ray://host:10001', 'tcp://host:8786'); None starts "
+        "a local one for the run and shuts it down after. The workers need this checkout and the Prefect API URL.",
+    )
+    chunk_size: int = Field(
+        256,
+        gt=0,
+        description="ray/dask: responses per task (one task per chunk: fewer, larger tasks amortise "
+        "the task overhead; smaller ones balance better).",
+    )
+    verifier_processes: int = Field(
+        1,
+        gt=0,
+        description="ray/dask: verifier processes each cluster worker keeps (the pool's guarded workers: time limit, "
+        "memory cap, fault retries); 1 per worker core.",
+    )
+
+
 class OptimConfig(_Section):
     lr: float = Field(1e-6, gt=0, description="AdamW learning rate, constant (paper: 1e-6 for a 7B model).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (paper: 0.01).")
@@ -229,6 +264,7 @@ class RunConfig(_Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
     overlong_penalty: OverlongPenaltyConfig = Field(default_factory=OverlongPenaltyConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

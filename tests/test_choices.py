@@ -21,6 +21,7 @@ from steer.reweighting import OMEGA_FORMS, WEIGHT_MAPS
 from steer.rollout.base import ROLLOUT_BACKENDS
 from steer.rollout_correction import ROLLOUT_CORRECTIONS
 from steer.studies.estimator import OPTIMIZERS
+from tasks.fanout import TASK_RUNNERS
 
 pytestmark = pytest.mark.unit
 
@@ -34,6 +35,7 @@ PAIRS = {
     "ROLLOUT_BACKENDS": ROLLOUT_BACKENDS,
     "OPTIMIZERS": OPTIMIZERS,
     "ROLLOUT_CORRECTIONS": ROLLOUT_CORRECTIONS,
+    "SCORING_RUNNERS": TASK_RUNNERS,
 }
 
 
