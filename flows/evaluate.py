@@ -16,13 +16,14 @@ from prefect.artifacts import create_markdown_artifact
 
 from steer.benchmarks import BENCHMARKS, load_benchmark
 from steer.checkpoint import MANIFEST, verify_checkpoint
+from steer.config import ScoringConfig
 from steer.models.loading import load_policy, resolve_policy
 from steer.rollout.base import make_rollout_engine
 from steer.runtime import cache_dir, derive_seed, resolve_device
 from steer.tracking import closing_run
-from steer.verifiers import VERIFIERS
 from tasks.data import retry_transient
 from tasks.evaluate import evaluate_policy
+from tasks.fanout import make_scorer
 from tasks.tracking import RUN_ID_FILE, MlflowTracker, mlflow_policy_folder
 
 EMBEDDED_TEMPLATE = "{problem}"
@@ -60,10 +61,13 @@ def evaluate(
     output_dir: str = "runs/eval",
     seed: int = 0,
     device: str = "auto",
+    scoring: ScoringConfig | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate ``model`` on each benchmark with its defaults (the paper's: temperature 1.0, top-p 0.7, avg@32 on
     AIME/AMC, avg@1 elsewhere) unless overridden. ``template``: a prompt template over ``{problem}`` replacing the
-    benchmark's (default: the raw problem for the embedded policy). Returns {benchmark: metrics}."""
+    benchmark's (default: the raw problem for the embedded policy). ``scoring``: where the verifier runs (the process
+    pool by default, or Prefect's Ray or Dask task runner: ``steer.config.ScoringConfig``).
+    Returns {benchmark: metrics}."""
     for name in benchmarks:
         BENCHMARKS.get(name)  # fail before loading anything when a name is wrong
     out = Path(output_dir)
@@ -90,7 +94,7 @@ def evaluate(
                 spec = BENCHMARKS.get(name)
                 problems = load_benchmark(name, (data_paths or {}).get(name), limit=limit, template=template)
                 n = k or spec.k
-                with VERIFIERS.get(spec.verifier)() as scorer:
+                with make_scorer(spec.verifier, scoring) as scorer:
                     metrics, rows = evaluate_policy(
                         engine,
                         tokenizer,

@@ -20,13 +20,14 @@ from steer.diagnostics import logp_mismatch, rollout_metrics
 from steer.rollout_store import remove_steps_after
 from steer.runtime import DataOrder, derive_seed, open_runtime, resolve_device
 from steer.tracking import closing_run, with_aliases
-from steer.verifiers import VERIFIERS
 from tasks.data import fit_context, prepare_data, prepare_policy, read_problems
 from tasks.evaluate import evaluate_policy
+from tasks.fanout import make_scorer
 from tasks.persist import checkpoint, log_final_checkpoint, log_metrics, log_policy, write_rollouts
 from tasks.progress import RunProgress, flow_run_link, mlflow_run_url
-from tasks.rl import generate_rollouts, score_rollouts, sync_weights, update_policy
+from tasks.rl import generate_rollouts, sync_weights, update_policy
 from tasks.runs import claim_output_dir
+from tasks.sampling import sample_and_score
 from tasks.slots import training_slot
 from tasks.tracking import MlflowTracker, run_tags
 
@@ -93,7 +94,7 @@ def train(config: RunConfig) -> dict:
         stack.callback(rt.close)
         train_set, heldout = fit_context(train_set, rt, "train"), fit_context(heldout, rt, "heldout")
         remove_steps_after(out / "rollouts", rt.start_step - 1)  # steps past the checkpoint are redone
-        scorer = stack.enter_context(VERIFIERS.get(config.verifier)())
+        scorer = stack.enter_context(make_scorer(config.verifier, config.scoring))  # pool, or Ray/Dask
         run_name = f"{config.algorithm.name}-s{config.seed}"
         tracker = stack.enter_context(closing_run(MlflowTracker(out, experiment=config.experiment, run_name=run_name)))
         if not tracker.resumed:
@@ -152,15 +153,14 @@ def train(config: RunConfig) -> dict:
 
         for step in range(rt.start_step, config.steps):
             t0 = time.perf_counter()
-            problems = data.batch(step)
-            # one-step-off: rollout `step` was sampled during the last update (or restored from the checkpoint)
-            rollout = rt.pending if rt.pending is not None else generate_rollouts(*rollout_args(step))
-            rt.pending = None
-            t1 = time.perf_counter()
+            # one-step-off: round 0 of this step was sampled during the last update (or restored from the checkpoint)
+            ahead_of_time, rt.pending = rt.pending, None
+            # sample and score B prompts x G (DAPO's dynamic sampling refills the zero-variance groups, when on)
+            sampled = sample_and_score(rt.engine, rt.tokenizer, scorer, data, step, config, rollout=ahead_of_time)
+            problems, rollout, scores = sampled.problems, sampled.rollout, sampled.scores
             ahead = None
             if config.rollout.one_step_off and step + 1 < config.steps:  # the engine still has the pre-update weights
                 ahead = generate_rollouts.submit(*rollout_args(step + 1))
-            scores = score_rollouts(scorer, rollout, problems, config.reward_mode)
             t2 = time.perf_counter()
             try:
                 result, batch = update_policy(rt, rollout, scores["rewards"], derive_seed(config.seed, "update", step))
@@ -187,8 +187,7 @@ def train(config: RunConfig) -> dict:
                 **logp_mismatch(rollout.sampling_logp, batch.old_logp, batch.response_mask),
                 "reward/verifier_errors": float(scores["verifier_errors"]),
                 "rollout/entropy": float((batch.old_entropy * batch.response_mask).sum() / batch.response_mask.sum()),
-                "timing/rollout": t1 - t0,
-                "timing/score": t2 - t1,
+                **sampled.metrics,  # timing/rollout, timing/score, dynamic sampling and overlong shaping
                 "timing/update": t3 - t2 - wait,  # the update and the weight sync
                 **({"timing/rollout_wait": wait} if ahead is not None else {}),
                 **sync,

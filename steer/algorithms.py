@@ -22,9 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from steer.choices import (
     AdvantageEstimatorName,
     AggregationName,
+    IsLevelName,
     KlEstimatorName,
     NormaliserName,
     OmegaFormName,
+    RolloutCorrectionName,
     WeightMapName,
 )
 from steer.registry import Registry
@@ -48,6 +50,29 @@ class ClipRange(_Section):
     )
     dual_clip_c: float | None = Field(
         10.0, description="Dual-clip bound for A < 0 (Ye et al. 2020; paper: 10). None disables it."
+    )
+
+
+# ---------------------------------------------------------------------------------------- rollout correction
+class RolloutCorrection(_Section):
+    """Train/inference mismatch correction (``steer.rollout_correction``): the per-token loss times an importance
+    weight of rho = pi_old / pi_sampler, truncated (TIS) or masked (MIS) at C. Off by default (the paper has none)."""
+
+    mode: RolloutCorrectionName = Field(
+        "none",
+        description="none (no correction: the paper), truncate (TIS, w = min(rho, C); Yao et al. 2025) or mask "
+        "(MIS, w = rho inside [1/C, C], else 0: the token or response is dropped; Liu et al. 2025, verl's mask).",
+    )
+    level: IsLevelName = Field(
+        "token",
+        description="token (rho_t), sequence (exp of the sum of token log-ratios: the unbiased product, "
+        "high-variance on long responses) or geometric (exp of their mean: length-normalised), as verl's levels.",
+    )
+    threshold: float = Field(
+        2.0,
+        gt=1,
+        description="C: TIS caps the weight at C, MIS keeps ratios in [1/C, C] (verl's default 2; inf: never acts). "
+        "Sequence-level ratios grow with length: use a larger C there or the geometric level.",
     )
 
 
@@ -270,6 +295,10 @@ class AlgorithmConfig(_Section):
     )
     kl_coef: float = Field(0.0, ge=0, description="KL penalty to the reference policy; 0 (the paper) skips it.")
     kl_estimator: KlEstimatorName = Field("k3", description="KL estimator: k1, k2, k3 (Schulman's, non-negative).")
+    rollout_correction: RolloutCorrection = Field(
+        default_factory=RolloutCorrection,
+        description="Importance correction of the sampler/trainer mismatch (TIS or MIS); mode none is off.",
+    )
 
     @model_validator(mode="before")
     @classmethod

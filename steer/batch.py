@@ -25,6 +25,7 @@ class PolicyBatch:
     old_logp: Tensor | None = None  # (N, T) under the rollout policy
     old_entropy: Tensor | None = None  # (N, T)
     ref_logp: Tensor | None = None  # (N, T) under the reference policy, for a KL penalty
+    sampling_logp: Tensor | None = None  # (N, T) under the sampler, for the rollout correction (TIS/MIS)
 
     @property
     def prompt_len(self) -> int:

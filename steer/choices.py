@@ -21,6 +21,9 @@ WEIGHT_MAPS = ("exp", "linear", "asymmetric")
 NORMALISERS = ("group", "group_quantile", "micro", "mini", "rollout", "running")
 ROLLOUT_BACKENDS = ("hf", "vllm")
 OPTIMIZERS = ("sgd", "adamw")
+ROLLOUT_CORRECTIONS = ("truncate", "mask")
+IS_LEVELS = ("token", "sequence", "geometric")
+SCORING_RUNNERS = ("pool", "ray", "dask")
 
 AdvantageEstimatorName = Literal[ADVANTAGE_ESTIMATORS]
 AggregationName = Literal[AGGREGATIONS]
@@ -30,3 +33,6 @@ WeightMapName = Literal[WEIGHT_MAPS]
 NormaliserName = Literal[NORMALISERS]
 RolloutBackendName = Literal[ROLLOUT_BACKENDS]
 OptimizerName = Literal[OPTIMIZERS]
+RolloutCorrectionName = Literal[("none", *ROLLOUT_CORRECTIONS)]  # none: no correction (the default)
+IsLevelName = Literal[IS_LEVELS]
+ScoringRunnerName = Literal[SCORING_RUNNERS]

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from steer.algorithms import ALGORITHMS, MOVED_FIELDS, SECTIONS, AlgorithmConfig, get_algorithm, merge_algorithm
-from steer.choices import RolloutBackendName
+from steer.choices import RolloutBackendName, ScoringRunnerName
 
 
 class _Section(BaseModel):
@@ -68,6 +68,56 @@ class DataConfig(_Section):
     )
 
 
+class VllmEngineConfig(_Section):
+    """The vLLM engine of ``rollout.backend=vllm`` (docs/vllm.md): passed to ``VLLMRolloutEngine`` and on to
+    ``vllm.LLM``. Read only with that backend. None leaves vLLM's own default."""
+
+    python: str = Field(
+        ".venv-vllm/bin/python",
+        description="The vLLM venv's interpreter (`make vllm-venv` builds it); relative: to the working directory, "
+        "then the checkout root.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32",
+        description="The sampler's precision. float32 (the trainer's: the mismatch is ~3e-7, and vLLM's bf16 CPU "
+        "kernels died with SIGILL here); bfloat16 on GPUs for speed (watch rollout/logp_mismatch, or correct it "
+        "with algorithm.rollout_correction); auto: vLLM serves a float32 checkpoint in bfloat16.",
+    )
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Share of the GPU's memory vLLM takes for weights and KV cache (vLLM: 0.9). Lower it (e.g. "
+        "0.3-0.5) when the trainer shares the GPU, or the trainer's first step runs out of memory.",
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs per model replica (tensor parallelism); 1 for models that fit on one GPU."
+    )
+    enable_prefix_caching: bool | None = Field(
+        None,
+        description="Reuse the KV cache of shared prefixes (the G samples of a prompt share it; vLLM's default is "
+        "on). The worker drops the cache at every weight sync, since its entries belong to the old weights.",
+    )
+    max_num_seqs: int | None = Field(
+        None,
+        gt=0,
+        description="Most sequences in one engine step (vLLM: 256 on GPU). Raise it for large B*G on large GPUs; "
+        "lower it when the KV cache is short of memory.",
+    )
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``VLLMRolloutEngine`` (the unset ones left to vLLM)."""
+        options: dict[str, Any] = dict(
+            python=self.python, dtype=self.dtype, tensor_parallel_size=self.tensor_parallel_size
+        )
+        if self.gpu_memory_utilization is not None:
+            options["gpu_memory_utilization"] = self.gpu_memory_utilization
+        llm = {k: getattr(self, k) for k in ("enable_prefix_caching", "max_num_seqs") if getattr(self, k) is not None}
+        if llm:
+            options["engine_args"] = llm
+        return options
+
+
 class RolloutConfig(_Section):
     backend: RolloutBackendName = Field(
         "hf", description="'hf' (transformers, KV cache; CPU or GPU) or 'vllm' (GPU, own venv)."
@@ -77,6 +127,81 @@ class RolloutConfig(_Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature; also divides the logits in the loss.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (paper: 1.0 for training).")
     max_new_tokens: int = Field(16, gt=0, description="Longest response; longer ones are cut and marked truncated.")
+    vllm: VllmEngineConfig = Field(default_factory=VllmEngineConfig, description="vLLM engine settings (backend vllm).")
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword arguments of the backend's engine beyond the model and tokenizer."""
+        return self.vllm.engine_options() if self.backend == "vllm" else {}
+
+
+class DynamicSamplingConfig(_Section):
+    """DAPO's dynamic sampling (Yu et al. 2025): groups whose G rewards are all equal (advantage 0, no gradient) are
+    dropped and more prompts are sampled until the batch holds B groups (``tasks.sampling.sample_and_score``)."""
+
+    enabled: bool = Field(False, description="Drop zero-variance groups and refill to B (off: the paper's batches).")
+    max_extra_rounds: int = Field(
+        4,
+        ge=0,
+        description="Bound on the extra generation rounds per step, each of B new prompts. When it is reached the "
+        "step trains on the groups it has (fewer than B) and rollout/dynamic_sampling_bound_reached is 1 (verl's "
+        "DAPO raises instead); a step with no informative group at all trains on its first round's groups.",
+    )
+
+
+class OverlongPenaltyConfig(_Section):
+    """DAPO's soft overlong punishment: 0 up to max_length - cache, linear down to -factor at max_length, added to
+    the verifier's reward."""
+
+    enabled: bool = Field(False, description="Add the length penalty to the reward (off: the paper's +1/-1).")
+    max_length: int | None = Field(
+        None, gt=0, description="L_max, the length budget in tokens; None: rollout.max_new_tokens (DAPO's setting)."
+    )
+    cache: int | None = Field(
+        None,
+        gt=0,
+        description="L_cache, the soft zone's width; None: a fifth of L_max (DAPO: 4096 of 20480).",
+    )
+    factor: float = Field(1.0, gt=0, description="Scale of the penalty (DAPO: 1, against rewards of +1/-1).")
+
+    def lengths(self, max_new_tokens: int) -> tuple[int, int]:
+        """(L_max, L_cache) with the defaults resolved against ``rollout.max_new_tokens``."""
+        max_length = self.max_length or max_new_tokens
+        return max_length, self.cache or max(1, max_length // 5)
+
+
+class ScoringConfig(_Section):
+    """Where the verifier runs (``tasks.fanout``): this machine's process pool, or chunks fanned out as Prefect
+    tasks on a Ray or Dask cluster (``prefect-ray``, ``prefect-dask``), each worker with its own guarded verifier."""
+
+    runner: ScoringRunnerName = Field(
+        "pool",
+        description="pool (the verifier's own process pool on this machine: the default), ray (RayTaskRunner) or "
+        "dask (DaskTaskRunner). Same verdicts (tested); a cluster pays off when verification, not generation, is "
+        "the wall (code sandboxes, long math answers), see docs/performance.md.",
+    )
+    num_workers: int | None = Field(
+        None,
+        gt=0,
+        description="pool: verifier processes (None: every core); ray/dask: workers of the local cluster started "
+        "for the run (None: 2). Ignored with an address.",
+    )
+    address: str | None = Field(
+        None,
+        description="ray/dask: an existing cluster to submit to ('ray://host:10001', 'tcp://host:8786'); None starts "
+        "a local one for the run and shuts it down after. The workers need this checkout and the Prefect API URL.",
+    )
+    chunk_size: int = Field(
+        256,
+        gt=0,
+        description="ray/dask: responses per task (one task per chunk: fewer, larger tasks amortise "
+        "the task overhead; smaller ones balance better).",
+    )
+    verifier_processes: int = Field(
+        1,
+        gt=0,
+        description="ray/dask: verifier processes each cluster worker keeps (the pool's guarded workers: time limit, "
+        "memory cap, fault retries); 1 per worker core.",
+    )
 
     # -- weight sync and overlap of an engine with its own copy of the weights (vllm; docs/vllm.md) --
     weight_sync: Literal["memory", "file"] = Field(
@@ -177,6 +302,9 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
+    overlong_penalty: OverlongPenaltyConfig = Field(default_factory=OverlongPenaltyConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -198,6 +326,18 @@ class RunConfig(_Section):
             raise ValueError(
                 f"optim.micro_batch_size={self.optim.micro_batch_size} must divide the mini-batch of "
                 f"{mini} prompts x {g} samples = {mini * g} responses: pick a divisor of {mini * g}"
+            )
+        if self.rollout.one_step_off and self.dynamic_sampling.enabled:
+            raise ValueError(
+                "rollout.one_step_off=true with dynamic_sampling.enabled=true: the refill rounds would be sampled with "
+                "newer weights than the first round sampled ahead, so the batch would mix two staleness levels; turn "
+                "one of them off"
+            )
+        max_length, cache = self.overlong_penalty.lengths(self.rollout.max_new_tokens)
+        if self.overlong_penalty.enabled and cache > max_length:
+            raise ValueError(
+                f"overlong_penalty.cache={cache} must not exceed overlong_penalty.max_length={max_length}: set a "
+                "smaller cache (DAPO uses a fifth of the budget)"
             )
         return self
 

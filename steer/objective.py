@@ -29,6 +29,7 @@ from steer.losses import KL_ESTIMATORS, POLICY_LOSSES, entropy_bonus, kl_penalty
 from steer.normalisers import NORMALISERS, MicroMax, Normaliser, OmegaFn
 from steer.registry import Registry
 from steer.reweighting import estimate_entropy_change, quadrant_stats, token_weights, weight_stats
+from steer.rollout_correction import rollout_correction_weights
 
 
 @dataclass
@@ -112,6 +113,8 @@ class Objective:
     kl_fn: Callable[[Tensor, Tensor], Tensor]
     entropy_controller: AdaptiveEntropyCoef | None = None  # replaces entropy_coef when set
     rollout: dict = field(default_factory=dict)  # per-rollout values set by start_rollout: entropy, entropy_coef
+    # (old_logp, sampling_logp, mask) -> ((N, T) importance weights, metrics); None: no mismatch correction
+    correction: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]] | None = None
 
     def start_rollout(self, old_entropy: Tensor, mask: Tensor) -> dict[str, float]:
         """Once per rollout, before its update: measure the rollout's token-mean entropy H_k under pi_old (one host
@@ -155,6 +158,7 @@ class Objective:
         steer_max_abs: Tensor | None = None,
         ref_logp: Tensor | None = None,
         generator: torch.Generator | None = None,
+        sampling_logp: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """The loss of one micro-batch, scaled so that summing it over the micro-batches of a mini-batch gives the
         mini-batch loss (the global counts ``num_tokens``, ``num_seqs``, ``max_len`` belong to the mini-batch).
@@ -165,12 +169,22 @@ class Objective:
             advantages: (N,) per response. mask: (N, T).
             steer_max_abs: STEER's normaliser M from the normaliser (None: this micro-batch's maximum).
             ref_logp: (N, T) reference log-probs, needed when ``kl_coef > 0``.
+            sampling_logp: (N, T) the sampler's log-probs, needed when a rollout correction is set.
         Returns:
             loss (scalar), metrics (0-dim tensors, micro-batch means), per-token tensors (N, T): omega, weights,
             advantages (after shaping) for persistence.
         """
         adv = advantages if self.shaping is None else self.shaping(advantages, entropy.detach(), mask)  # (N, T)
         loss_mat, metrics = self.loss_fn(logp, old_logp, adv, mask, generator=generator)  # (N, T)
+        if self.correction is not None:  # TIS / MIS on the per-token loss (steer.rollout_correction)
+            if sampling_logp is None:
+                raise ValueError(
+                    "algorithm.rollout_correction needs the sampler's log-probs (PolicyBatch.sampling_logp): set "
+                    "rollout_correction.mode=none or use a rollout backend that returns them (hf, vllm)"
+                )
+            is_weights, is_metrics = self.correction(old_logp, sampling_logp, mask)  # (N, T), detached
+            loss_mat = loss_mat * is_weights
+            metrics = {**metrics, **is_metrics}
         omega = self.omega(logp, old_logp, entropy, old_entropy, adv, mask)  # (N, T), a diagnostic for every arm
         ctx = TokenContext(
             logp.detach(), old_logp, entropy.detach(), old_entropy, adv, mask, omega, steer_max_abs,
@@ -210,6 +224,10 @@ def build_objective(cfg: AlgorithmConfig) -> Objective:
             ADVANTAGE_SHAPINGS.get(cfg.advantage_shaping.name), **own_settings(cfg.advantage_shaping)
         )
     KL_ESTIMATORS.get(cfg.kl_estimator)  # an unknown name fails here, not at the first KL step
+    rc = cfg.rollout_correction
+    correction = None
+    if rc.mode != "none":
+        correction = functools.partial(rollout_correction_weights, **rc.model_dump())
     return Objective(
         loss_fn=functools.partial(
             POLICY_LOSSES.get(cfg.policy_loss.name), **cfg.clip.model_dump(), **own_settings(cfg.policy_loss)
@@ -233,4 +251,5 @@ def build_objective(cfg: AlgorithmConfig) -> Objective:
         entropy_controller=AdaptiveEntropyCoef(**own_settings(cfg.entropy_control))
         if cfg.entropy_control.name == "adaptive"
         else None,
+        correction=correction,
     )

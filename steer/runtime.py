@@ -133,7 +133,13 @@ def open_runtime(config: RunConfig, policy_path: str) -> Runtime:
     start, extra = 0, {}
     if ckpt is not None:
         start, extra = load_checkpoint(ckpt, model, optimizer, {}, verify=False)  # verified just above
-    engine = make_rollout_engine(config.rollout.backend, model=model, tokenizer=tokenizer, **sync_options(config))
+    engine = make_rollout_engine(
+        config.rollout.backend,
+        model=model,
+        tokenizer=tokenizer,
+        **config.rollout.engine_options(),
+        **sync_options(config),
+    )
     objective = build_objective(config.algorithm)
     objective.load_state_dict(extra.get("objective", {}))  # the adaptive entropy coefficient of a resumed run
     rt = Runtime(config, model, tokenizer, optimizer, engine, device, start, extra, objective, resume)

@@ -128,6 +128,7 @@ def policy_update(
                     steer_max_abs=normaliser.for_micro(micro, logp, entropy),
                     ref_logp=micro.ref_logp,
                     generator=generator,
+                    sampling_logp=micro.sampling_logp,
                     **counts,
                 )
                 loss.backward()

@@ -82,6 +82,8 @@ def update_policy(
     batch = build_policy_batch(
         rollout.prompt_ids, rollout.group_index, rollout.response_ids, rollout.response_mask, adv, pad_id=pad
     ).to(rt.device)
+    if rt.objective.correction is not None and rollout.sampling_logp is not None:  # TIS/MIS reads the sampler's
+        batch.sampling_logp = rollout.sampling_logp.to(rt.device)
     temperature = cfg.rollout.temperature
     micro = cfg.optim.micro_batch_size
     t0 = time.perf_counter()

@@ -19,7 +19,9 @@ from steer.normalisers import NORMALISERS
 from steer.registry import Registry
 from steer.reweighting import OMEGA_FORMS, WEIGHT_MAPS
 from steer.rollout.base import ROLLOUT_BACKENDS
+from steer.rollout_correction import ROLLOUT_CORRECTIONS
 from steer.studies.estimator import OPTIMIZERS
+from tasks.fanout import TASK_RUNNERS
 
 pytestmark = pytest.mark.unit
 
@@ -32,6 +34,8 @@ PAIRS = {
     "NORMALISERS": NORMALISERS,
     "ROLLOUT_BACKENDS": ROLLOUT_BACKENDS,
     "OPTIMIZERS": OPTIMIZERS,
+    "ROLLOUT_CORRECTIONS": ROLLOUT_CORRECTIONS,
+    "SCORING_RUNNERS": TASK_RUNNERS,
 }
 
 

@@ -162,3 +162,9 @@ def test_one_step_off_needs_an_engine_with_its_own_weights():
     assert load_config("tiny", {"rollout.one_step_off": True, "rollout.backend": "vllm"}).rollout.one_step_off
     with pytest.raises(ConfigError, match="rollout.weight_sync: 'disk' is not one of: 'memory', 'file'"):
         load_config("tiny", {"rollout.weight_sync": "disk"})
+
+
+def test_one_step_off_refuses_dynamic_sampling():
+    over = {"rollout.one_step_off": True, "rollout.backend": "vllm", "dynamic_sampling.enabled": True}
+    with pytest.raises(ConfigError, match=r"one_step_off=true with dynamic_sampling.enabled=true"):
+        load_config("tiny", over)

@@ -275,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    worker = Worker(args.model, json.loads(args.engine_args))
+    engine_args = json.loads(args.engine_args)
+    print(f"vllm.LLM engine args: {json.dumps(engine_args, sort_keys=True)}", flush=True)  # the log shows them
+    worker = Worker(args.model, engine_args)
     with socket.create_connection(("127.0.0.1", args.port), timeout=60) as sock:
         sock.settimeout(None)
         hello = {"op": "hello", "token": os.environ.get("STEER_VLLM_TOKEN", ""), "pid": os.getpid()}
