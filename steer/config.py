@@ -133,6 +133,46 @@ class RolloutConfig(_Section):
         """Keyword arguments of the backend's engine beyond the model and tokenizer."""
         return self.vllm.engine_options() if self.backend == "vllm" else {}
 
+    # -- weight sync and overlap of an engine with its own copy of the weights (vllm; docs/vllm.md) --
+    weight_sync: Literal["memory", "file"] = Field(
+        "memory",
+        description="How the trainer's weights reach the vllm worker after each update: 'memory' (one shared-memory "
+        "block the worker maps and feeds to vLLM's in-place reload: no file, no serialisation) or 'file' (rewrite a "
+        "safetensors file the worker reloads; the fallback where the worker cannot map the trainer's shared "
+        "memory). Ignored by hf, which samples from the trained model itself.",
+    )
+    sync_probe_tokens: int = Field(
+        32,
+        ge=0,
+        description="After every weight sync the engine and the trainer score a fixed sequence of this many tokens "
+        "(seeded, from the vocabulary) and their log-probs are compared (rollout/sync_probe_max_abs_diff): a silent "
+        "wrong sync is the worst failure a trainer can have. 0 turns the check off.",
+    )
+    sync_probe_tolerance: float = Field(
+        1e-3,
+        gt=0,
+        description="The largest |log-prob difference| on the probe a sync may leave before the step fails with "
+        "WeightSyncError. The default fits a float32 engine (measured ~1e-5 on CPU); a bfloat16 engine's noise is "
+        "~0.1: raise it to 0.5 there.",
+    )
+    one_step_off: bool = Field(
+        False,
+        description="Overlap generation with training (vllm only): while the trainer updates on rollout k, the engine "
+        "samples rollout k+1 with the weights before that update (staleness 1; rollouts 0 and 1 both use the initial "
+        "weights). The old log-probs are recomputed by the trainer, so the staleness shows in rollout/logp_mismatch "
+        "and the importance ratio. Off: the paper's synchronous loop.",
+    )
+
+    @model_validator(mode="after")
+    def _one_step_off_needs_own_engine(self) -> RolloutConfig:
+        if self.one_step_off and self.backend == "hf":
+            raise ValueError(
+                "one_step_off=true needs an engine with its own copy of the weights: the hf backend samples from the "
+                "model being trained, so generation cannot overlap the update. Set rollout.backend=vllm, or "
+                "rollout.one_step_off=false"
+            )
+        return self
+
 
 class DynamicSamplingConfig(_Section):
     """DAPO's dynamic sampling (Yu et al. 2025): groups whose G rewards are all equal (advantage 0, no gradient) are
@@ -202,46 +242,6 @@ class ScoringConfig(_Section):
         description="ray/dask: verifier processes each cluster worker keeps (the pool's guarded workers: time limit, "
         "memory cap, fault retries); 1 per worker core.",
     )
-
-    # -- weight sync and overlap of an engine with its own copy of the weights (vllm; docs/vllm.md) --
-    weight_sync: Literal["memory", "file"] = Field(
-        "memory",
-        description="How the trainer's weights reach the vllm worker after each update: 'memory' (one shared-memory "
-        "block the worker maps and feeds to vLLM's in-place reload: no file, no serialisation) or 'file' (rewrite a "
-        "safetensors file the worker reloads; the fallback where the worker cannot map the trainer's shared "
-        "memory). Ignored by hf, which samples from the trained model itself.",
-    )
-    sync_probe_tokens: int = Field(
-        32,
-        ge=0,
-        description="After every weight sync the engine and the trainer score a fixed sequence of this many tokens "
-        "(seeded, from the vocabulary) and their log-probs are compared (rollout/sync_probe_max_abs_diff): a silent "
-        "wrong sync is the worst failure a trainer can have. 0 turns the check off.",
-    )
-    sync_probe_tolerance: float = Field(
-        1e-3,
-        gt=0,
-        description="The largest |log-prob difference| on the probe a sync may leave before the step fails with "
-        "WeightSyncError. The default fits a float32 engine (measured ~1e-5 on CPU); a bfloat16 engine's noise is "
-        "~0.1: raise it to 0.5 there.",
-    )
-    one_step_off: bool = Field(
-        False,
-        description="Overlap generation with training (vllm only): while the trainer updates on rollout k, the engine "
-        "samples rollout k+1 with the weights before that update (staleness 1; rollouts 0 and 1 both use the initial "
-        "weights). The old log-probs are recomputed by the trainer, so the staleness shows in rollout/logp_mismatch "
-        "and the importance ratio. Off: the paper's synchronous loop.",
-    )
-
-    @model_validator(mode="after")
-    def _one_step_off_needs_own_engine(self) -> RolloutConfig:
-        if self.one_step_off and self.backend == "hf":
-            raise ValueError(
-                "one_step_off=true needs an engine with its own copy of the weights: the hf backend samples from the "
-                "model being trained, so generation cannot overlap the update. Set rollout.backend=vllm, or "
-                "rollout.one_step_off=false"
-            )
-        return self
 
 
 class OptimConfig(_Section):
