@@ -1,0 +1,108 @@
+"""Two trainer ranks (gloo, CPU) as Ray actors give the one-process update: FSDP2-sharded ranks each train their
+share of every mini-batch (``steer.distributed``), and the weights after one rollout's update equal the
+one-process weights to 1e-6 for GRPO, STEER with each rank-exact normaliser scope, and Clip-Cov."""
+
+import psutil
+import pytest
+import torch
+
+from steer.algorithms import get_algorithm
+from steer.distributed.partition import Partition, balanced_rows, imbalance
+from steer.objective import build_objective
+from steer.scoring import score_batch
+from steer.update import policy_update, reuses_forward_as_old
+from tests.test_update import tiny_batch, tiny_model
+
+pytestmark = pytest.mark.unit
+
+SETTINGS = dict(mini_batch_size=8, micro_batch_size=2, epochs=1, temperature=1.0, max_grad_norm=1.0)
+OPTIM = dict(lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999))
+SEED = 11
+
+
+def _ray_processes() -> list[str]:
+    """Ray's own processes started below this test process (the GCS, the raylet, workers)."""
+    names = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if "ray" in cmd and any(k in cmd for k in ("gcs_server", "raylet", "default_worker", "ray::")):
+            names.append(cmd[:80])
+    return names
+
+
+@pytest.fixture(scope="module")
+def ranks():
+    from steer.distributed.group import RankGroup
+
+    group = RankGroup(2, timeout_s=120)
+    try:
+        yield group
+    finally:
+        group.close()
+        import ray
+
+        assert not ray.is_initialized()
+        leftover = _ray_processes()
+        for _ in range(50):  # the raylet's children exit a moment after it
+            if not leftover:
+                break
+            psutil.wait_procs(psutil.Process().children(recursive=True), timeout=0.2)
+            leftover = _ray_processes()
+        assert not leftover, leftover
+
+
+def _one_process(cfg):
+    model = tiny_model(3)
+    batch = tiny_batch(n_prompts=4, g=4)  # N = 16 responses: 2 mini-batches of 8, 4 rows per rank, micro 2
+    objective = build_objective(cfg)
+    if not reuses_forward_as_old(objective, num_responses=16, mini_batch_size=8, epochs=1):
+        batch.old_logp, batch.old_entropy = score_batch(model, batch, micro_batch_size=2)
+    opt = torch.optim.AdamW(model.parameters(), **OPTIM)
+    s = {k: v for k, v in SETTINGS.items()}
+    res = policy_update(model, opt, batch, objective, generator=torch.Generator().manual_seed(SEED), **s)
+    return model.state_dict(), res, batch
+
+
+CASES = {
+    "grpo": get_algorithm("grpo"),
+    "clip_cov": get_algorithm("clip_cov"),
+    **{
+        f"steer-{scope}": get_algorithm("steer", token_weighting={"normaliser": scope, "normaliser_group": 4})
+        for scope in ("micro", "group", "group_quantile", "mini", "rollout")
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_ranks_give_the_one_process_weights(ranks, name):
+    cfg = CASES[name]
+    want, res, batch = _one_process(cfg)
+    ranks.setup(tiny_model(3), cfg, **OPTIM)
+    got = ranks.update(tiny_batch(n_prompts=4, g=4), SEED, max_response_len=None, **SETTINGS)
+    weights = ranks.full_state_dict()
+    assert set(weights) == set(want)
+    worst = max(float((weights[k] - want[k]).abs().max()) for k in want)
+    assert worst < 1e-6, f"{name}: largest weight difference {worst:.3g}"
+    assert all(not torch.equal(weights[k], tiny_model(3).state_dict()[k]) for k in ("lm_head.weight",))
+    for k in ("omega", "weights", "token_advantages"):  # every row came back from the rank that trained it
+        assert torch.allclose(got[k], getattr(res, k), atol=1e-5), k
+    assert torch.allclose(got["old_logp"], batch.old_logp, atol=1e-5)
+    assert got["metrics"]["actor/optimizer_steps"] == res.metrics["actor/optimizer_steps"] == 2
+    assert got["metrics"]["perf/update_tokens"] == res.metrics["perf/update_tokens"]
+
+
+def test_balanced_rows_give_each_rank_the_same_rows_and_about_the_same_tokens():
+    lengths = torch.tensor([9, 1, 1, 1, 8, 2, 2, 2])
+    parts = balanced_rows(lengths, 2)
+    assert sorted(torch.cat(parts).tolist()) == list(range(8)) and all(len(p) == 4 for p in parts)
+    tokens = [int(lengths[p].sum()) for p in parts]
+    assert tokens == [13, 13]  # 9+2+1+1 and 8+2+2+1, where contiguous blocks give 12 and 14
+    contiguous = [int(lengths[Partition(r, 2).rows(lengths, 2)].sum()) for r in range(2)]
+    assert contiguous == [12, 14]
+    assert imbalance([13.0, 13.0]) == 1.0 and imbalance([12.0, 14.0]) == pytest.approx(14 / 13)
+    assert torch.equal(Partition(1, 2, balance=True).rows(lengths, 2), parts[1])
+    with pytest.raises(ValueError, match="multiple of trainer.world_size x optim.micro_batch_size"):
+        Partition(0, 2).rows(lengths, 3)
