@@ -21,6 +21,7 @@ WEIGHT_MAPS = ("exp", "linear", "asymmetric")
 NORMALISERS = ("group", "group_quantile", "micro", "mini", "rollout", "running")
 ROLLOUT_BACKENDS = ("hf", "vllm")
 OPTIMIZERS = ("sgd", "adamw")
+TRAINER_BACKENDS = ("local", "ray")
 
 AdvantageEstimatorName = Literal[ADVANTAGE_ESTIMATORS]
 AggregationName = Literal[AGGREGATIONS]
@@ -30,3 +31,4 @@ WeightMapName = Literal[WEIGHT_MAPS]
 NormaliserName = Literal[NORMALISERS]
 RolloutBackendName = Literal[ROLLOUT_BACKENDS]
 OptimizerName = Literal[OPTIMIZERS]
+TrainerBackendName = Literal[TRAINER_BACKENDS]

@@ -19,6 +19,7 @@ from steer.normalisers import NORMALISERS
 from steer.registry import Registry
 from steer.reweighting import OMEGA_FORMS, WEIGHT_MAPS
 from steer.rollout.base import ROLLOUT_BACKENDS
+from steer.runtime import TRAINER_BACKENDS
 from steer.studies.estimator import OPTIMIZERS
 
 pytestmark = pytest.mark.unit
@@ -32,6 +33,7 @@ PAIRS = {
     "NORMALISERS": NORMALISERS,
     "ROLLOUT_BACKENDS": ROLLOUT_BACKENDS,
     "OPTIMIZERS": OPTIMIZERS,
+    "TRAINER_BACKENDS": TRAINER_BACKENDS,
 }
 
 

@@ -12,7 +12,13 @@ parameters; missing it averaged the layers' gradients). Needs an initialised def
 from __future__ import annotations
 
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 
 
@@ -44,3 +50,15 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load unsharded parameters (given on every rank) into a sharded model."""
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer state keyed by parameter name, unsharded, on the CPU (rank 0 for a sharded model; a plain
+    model works too, without a process group): the format ``load_full_optimizer_state`` reads at any world size."""
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, optimizer, options=opts)
+
+
+def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load ``full_optimizer_state``'s output (given on every rank) into ``optimizer`` of a sharded or plain model."""
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))

@@ -17,6 +17,7 @@ from typing import Any
 from steer.batch import PolicyBatch
 from steer.distributed.partition import imbalance
 from steer.distributed.rank import RankTrainer
+from steer.update import UpdateResult
 
 
 class RankFailed(RuntimeError):
@@ -132,6 +133,23 @@ class RankGroup:
     def full_state_dict(self) -> dict:
         """The unsharded weights (CPU), gathered from the ranks."""
         return self.call("full_state_dict")[0]
+
+    def full_optimizer_state(self) -> dict:
+        """The optimizer state by parameter name (CPU), gathered from the ranks."""
+        return self.call("full_optimizer_state")[0]
+
+    def policy_update(
+        self, batch: PolicyBatch, seed: int, *, sampling_model: Any, objective: Any, **settings: Any
+    ) -> UpdateResult:
+        """``update`` as the flow needs it: ``batch.old_logp``/``old_entropy`` filled, the trained weights loaded
+        into ``sampling_model`` (the flow's copy that the rollout engine reads), ``objective``'s state (the adaptive
+        entropy coefficient) taken from the ranks, and the result as ``steer.update.UpdateResult``."""
+        out = self.update(batch, seed, **settings)
+        device = batch.response_mask.device
+        batch.old_logp, batch.old_entropy = out["old_logp"].to(device), out["old_entropy"].to(device)
+        sampling_model.load_state_dict(self.full_state_dict())
+        objective.load_state_dict(out["objective_state"])
+        return UpdateResult(out["metrics"], out["omega"], out["weights"], out["token_advantages"])
 
     def close(self) -> None:
         """Kill the actors, remove the placement group, stop the Ray this group started. Idempotent."""

@@ -19,7 +19,13 @@ import torch.distributed as dist
 
 from steer.algorithms import AlgorithmConfig
 from steer.batch import PolicyBatch
-from steer.distributed.fsdp import full_state_dict, load_full_state_dict, shard_model
+from steer.distributed.fsdp import (
+    full_optimizer_state,
+    full_state_dict,
+    load_full_optimizer_state,
+    load_full_state_dict,
+    shard_model,
+)
 from steer.distributed.partition import Partition
 from steer.objective import build_objective
 from steer.scoring import score_batch
@@ -114,6 +120,13 @@ class RankTrainer:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         load_full_state_dict(self.model, state)
+
+    def full_optimizer_state(self) -> dict:
+        """AdamW's state by parameter name, unsharded, on rank 0 (a collective)."""
+        return full_optimizer_state(self.model, self.optimizer)
+
+    def load_optimizer_state(self, state: dict) -> None:
+        load_full_optimizer_state(self.model, self.optimizer, state)
 
     # --- one rollout's update -------------------------------------------------------------------------------------
     def update(
