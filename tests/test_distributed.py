@@ -1,12 +1,14 @@
 """Two trainer ranks (gloo, CPU) as Ray actors give the one-process update: FSDP2-sharded ranks each train their
 share of every mini-batch (``steer.distributed``), and the weights after one rollout's update equal the
-one-process weights to 1e-6 for GRPO, STEER with each rank-exact normaliser scope, and Clip-Cov."""
+one-process weights to 1e-6 for GRPO, STEER with each rank-exact normaliser scope, and Clip-Cov. A rank that hangs
+or dies is named, and no Ray process outlives the group."""
 
 import psutil
 import pytest
 import torch
 
 from steer.algorithms import get_algorithm
+from steer.distributed.group import RankFailed, RankGroup
 from steer.distributed.partition import Partition, balanced_rows, imbalance
 from steer.objective import build_objective
 from steer.scoring import score_batch
@@ -35,8 +37,6 @@ def _ray_processes() -> list[str]:
 
 @pytest.fixture(scope="module")
 def ranks():
-    from steer.distributed.group import RankGroup
-
     group = RankGroup(2, timeout_s=120)
     try:
         yield group
@@ -106,3 +106,17 @@ def test_balanced_rows_give_each_rank_the_same_rows_and_about_the_same_tokens():
     assert torch.equal(Partition(1, 2, balance=True).rows(lengths, 2), parts[1])
     with pytest.raises(ValueError, match="multiple of trainer.world_size x optim.micro_batch_size"):
         Partition(0, 2).rows(lengths, 3)
+
+
+def test_a_hung_collective_then_a_dead_rank_are_named(ranks):
+    """Last in this module: it breaks the group (the fixture then closes it and checks that no process is left)."""
+    import ray
+
+    ranks.setup(tiny_model(), get_algorithm("grpo"), **OPTIM)
+    ranks.timeout_s = 4
+    # rank 0 alone enters the gather of the weights: rank 1 never joins, so rank 0 hangs in the collective
+    with pytest.raises(RankFailed, match=r"trainer rank\(s\) \[0\] did not finish full_state_dict within 4 s"):
+        ranks.call_rank(0, "full_state_dict")
+    ray.kill(ranks.actors[1], no_restart=True)
+    with pytest.raises(RankFailed, match="trainer rank 1 died in full_state_dict"):
+        ranks.call("full_state_dict")

@@ -19,6 +19,10 @@ from steer.distributed.partition import imbalance
 from steer.distributed.rank import RankTrainer
 from steer.update import UpdateResult
 
+STARTUP_TIMEOUT_S = 600.0
+"""Starting the actors and loading the policy (``rendezvous``, ``init_group``, ``setup``) may take this long, however
+short ``timeout_s`` (the collective timeout) is: a 7B policy loads for minutes."""
+
 
 class RankFailed(RuntimeError):
     """A trainer rank died, raised, or did not answer in time."""
@@ -66,18 +70,23 @@ class RankGroup:
                 ).remote(r, world_size, num_threads=num_threads)
                 for r in range(world_size)
             ]
-            addr, port = self.call_rank(0, "rendezvous")
+            addr, port = self._get([self.actors[0].rendezvous.remote()], "rendezvous", [0], STARTUP_TIMEOUT_S)[0]
             device = "cuda" if use_gpu else "cpu"
             backend = "nccl" if use_gpu else "gloo"
-            self.call("init_group", addr, port, backend=backend, timeout_s=timeout_s, device=device)
+            refs = [
+                a.init_group.remote(addr, port, backend=backend, timeout_s=timeout_s, device=device)
+                for a in self.actors
+            ]
+            self._get(refs, "init_group", list(range(world_size)), STARTUP_TIMEOUT_S)
         except BaseException:
             self.close()
             raise
 
     # --- calls ----------------------------------------------------------------------------------------------------
-    def _get(self, refs: list, what: str, ranks: list[int]) -> list:
+    def _get(self, refs: list, what: str, ranks: list[int], timeout_s: float | None = None) -> list:
         ray = self._ray
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
+        timeout_s = timeout_s or self.timeout_s
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         failed = []
         for r, ref in zip(ranks, refs, strict=True):
             if ref in ready:
@@ -93,7 +102,7 @@ class RankGroup:
         if pending:
             late = [r for r, ref in zip(ranks, refs, strict=True) if ref in pending]
             raise RankFailed(
-                f"trainer rank(s) {late} did not finish {what} within {self.timeout_s:.0f} s (a hung collective?): "
+                f"trainer rank(s) {late} did not finish {what} within {timeout_s:.0f} s (a hung collective?): "
                 "raise trainer.collective_timeout_s if the step is just slow"
             )
         return ray.get(refs)
@@ -110,7 +119,8 @@ class RankGroup:
     def setup(self, model: Any, algorithm: Any, **kwargs: Any) -> int:
         """Shard ``model`` (a module or a folder) over the ranks (``RankTrainer.setup``); the parameter count."""
         ref = self._ray.put(model)
-        return self.call("setup", ref, algorithm, **kwargs)[0]
+        refs = [a.setup.remote(ref, algorithm, **kwargs) for a in self.actors]
+        return self._get(refs, "setup", list(range(self.world_size)), STARTUP_TIMEOUT_S)[0]
 
     def update(self, batch: PolicyBatch, seed: int, **settings: Any) -> dict[str, Any]:
         """One rollout's update on all ranks; the merged result: metrics (averaged over ranks: every rank trains
