@@ -120,3 +120,15 @@ def test_a_hung_collective_then_a_dead_rank_are_named(ranks):
     ray.kill(ranks.actors[1], no_restart=True)
     with pytest.raises(RankFailed, match="trainer rank 1 died in full_state_dict"):
         ranks.call("full_state_dict")
+
+
+def test_the_paper_preset_validates_and_prints_its_plan_without_a_gpu(capsys):
+    from steer_cli.main import main
+
+    assert main(["train", "--preset", "paper_8gpu", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "8 rank(s)" in out and "4096 / 256 = 16" in out  # N = 512 x 8, mini-batch 32 x 8: 16 steps per rollout
+    assert "256 / 8 = 32 responses = 4 micro-batch(es) of 8" in out
+    assert "7.62B parameters" in out  # Qwen2.5-Math-7B's shape (KNOWN_SHAPES), counted from its layers
+    total = float(out.split("total")[1].split("GiB")[0])
+    assert total < 80  # fits an 80 GB GPU by the estimate's own arithmetic (docs/distributed.md)
