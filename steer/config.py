@@ -23,6 +23,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class LoraSettings(_Section):
+    """LoRA adapters (peft; Hu et al. 2021): train r-rank updates of the target linear layers instead of all
+    weights. The rollout engine receives the merged weights W + (alpha / r) B A."""
+
+    r: int = Field(0, ge=0, description="Adapter rank; 0 turns LoRA off (the default: full fine-tuning, as the paper).")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha: the update is scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input (0 keeps the update exact).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Names of the linear layers that get adapters (every attention and MLP projection by default).",
+    )
+
+
 class ModelConfig(_Section):
     name_or_path: str = Field(
         "tiny",
@@ -34,6 +47,7 @@ class ModelConfig(_Section):
     autocast_bf16: bool = Field(False, description="bf16 autocast for forward/backward (GPUs); weights stay fp32.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory (large models).")
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 leaves torch's default.")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
 
 
 class DataConfig(_Section):
@@ -215,6 +229,11 @@ class RunConfig(_Section):
             raise ValueError("trainer.mixed_precision is FSDP's (backend ray): use model.autocast_bf16 for local runs")
         if tr.mixed_precision == "bf16" and self.model.device == "cpu":
             raise ValueError("trainer.mixed_precision=bf16 is for GPUs: set model.device=cuda or mixed_precision=fp32")
+        if self.model.lora.r:
+            raise ValueError(
+                "model.lora.r > 0: LoRA runs in the library (steer.lora) and on the trainer ranks, but the training "
+                "flow's checkpoints do not store adapters yet, so a run could not resume: set model.lora.r=0"
+            )
         w = tr.world_size
         if self.mini_batch_size % (w * micro):
             raise ValueError(

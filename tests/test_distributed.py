@@ -10,6 +10,7 @@ import torch
 from steer.algorithms import get_algorithm
 from steer.distributed.group import RankFailed, RankGroup
 from steer.distributed.partition import Partition, balanced_rows, imbalance
+from steer.lora import apply_lora, merged_state_dict
 from steer.objective import build_objective
 from steer.scoring import score_batch
 from steer.update import policy_update, reuses_forward_as_old
@@ -54,16 +55,19 @@ def ranks():
         assert not leftover, leftover
 
 
-def _one_process(cfg):
-    model = tiny_model(3)
+LORA = dict(r=4, alpha=8.0, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
+
+
+def _one_process(cfg, lora=None):
+    model = tiny_model(3) if lora is None else apply_lora(tiny_model(3), **lora)
     batch = tiny_batch(n_prompts=4, g=4)  # N = 16 responses: 2 mini-batches of 8, 4 rows per rank, micro 2
     objective = build_objective(cfg)
     if not reuses_forward_as_old(objective, num_responses=16, mini_batch_size=8, epochs=1):
         batch.old_logp, batch.old_entropy = score_batch(model, batch, micro_batch_size=2)
-    opt = torch.optim.AdamW(model.parameters(), **OPTIM)
-    s = {k: v for k, v in SETTINGS.items()}
-    res = policy_update(model, opt, batch, objective, generator=torch.Generator().manual_seed(SEED), **s)
-    return model.state_dict(), res, batch
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **OPTIM)
+    res = policy_update(model, opt, batch, objective, generator=torch.Generator().manual_seed(SEED), **SETTINGS)
+    state = model.state_dict() if lora is None else merged_state_dict(model.state_dict(), r=lora["r"], alpha=8.0)
+    return state, res, batch
 
 
 CASES = {
@@ -73,25 +77,39 @@ CASES = {
         f"steer-{scope}": get_algorithm("steer", token_weighting={"normaliser": scope, "normaliser_group": 4})
         for scope in ("micro", "group", "group_quantile", "mini", "rollout")
     },
+    "steer-lora": get_algorithm("steer", token_weighting={"normaliser": "mini"}),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_ranks_give_the_one_process_weights(ranks, name):
-    cfg = CASES[name]
-    want, res, batch = _one_process(cfg)
-    ranks.setup(tiny_model(3), cfg, **OPTIM)
+    cfg, lora = CASES[name], LORA if name.endswith("lora") else None
+    want, res, batch = _one_process(cfg, lora)
+    ranks.setup(tiny_model(3), cfg, lora=lora, **OPTIM)
     got = ranks.update(tiny_batch(n_prompts=4, g=4), SEED, max_response_len=None, **SETTINGS)
     weights = ranks.full_state_dict()
     assert set(weights) == set(want)
     worst = max(float((weights[k] - want[k]).abs().max()) for k in want)
     assert worst < 1e-6, f"{name}: largest weight difference {worst:.3g}"
-    assert all(not torch.equal(weights[k], tiny_model(3).state_dict()[k]) for k in ("lm_head.weight",))
+    start = tiny_model(3).state_dict()
+    assert any(not torch.equal(weights[k], start[k]) for k in start)  # the update moved the weights
     for k in ("omega", "weights", "token_advantages"):  # every row came back from the rank that trained it
         assert torch.allclose(got[k], getattr(res, k), atol=1e-5), k
     assert torch.allclose(got["old_logp"], batch.old_logp, atol=1e-5)
     assert got["metrics"]["actor/optimizer_steps"] == res.metrics["actor/optimizer_steps"] == 2
     assert got["metrics"]["perf/update_tokens"] == res.metrics["perf/update_tokens"]
+
+
+def test_lora_trains_only_the_adapters_and_merges_into_the_base_names():
+    base = tiny_model(3).state_dict()
+    model = apply_lora(tiny_model(3), **LORA)
+    assert all(torch.equal(v, base[k]) for k, v in merged_state_dict(model.state_dict(), r=4, alpha=8.0).items())
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    merged, _, _ = _one_process(get_algorithm("grpo"), LORA)
+    assert set(merged) == set(base)  # a sampler without adapters loads it under the base model's names
+    changed = {k for k in base if not torch.equal(merged[k], base[k])}
+    assert changed and all(any(m in k for m in LORA["target_modules"]) for k in changed)  # only adapted W move
 
 
 def test_balanced_rows_give_each_rank_the_same_rows_and_about_the_same_tokens():

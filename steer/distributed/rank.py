@@ -27,6 +27,7 @@ from steer.distributed.fsdp import (
     shard_model,
 )
 from steer.distributed.partition import Partition
+from steer.lora import apply_lora, merged_state_dict
 from steer.objective import build_objective
 from steer.scoring import score_batch
 from steer.update import policy_update, reuses_forward_as_old
@@ -56,6 +57,7 @@ class RankTrainer:
         self.objective = None
         self.partition: Partition | None = None
         self.device = torch.device("cpu")
+        self.lora: dict | None = None
 
     # --- the process group -------------------------------------------------------------------------------------
     def rendezvous(self) -> tuple[str, int]:
@@ -95,9 +97,11 @@ class RankTrainer:
         cpu_offload: bool = False,
         gradient_checkpointing: bool = False,
         objective_state: dict | None = None,
+        lora: dict | None = None,
     ) -> int:
-        """Shard ``model`` (a module, or a folder ``load_policy`` reads), build its AdamW and the objective.
-        Returns the parameter count."""
+        """Shard ``model`` (a module, or a folder ``load_policy`` reads), with LoRA adapters when ``lora`` gives
+        ``r``, ``alpha``, ``dropout``, ``target_modules`` (``steer.lora``); build AdamW over the trainable
+        parameters and the objective. Returns the parameter count."""
         if isinstance(model, str | os.PathLike):
             from steer.models.loading import load_policy
 
@@ -105,18 +109,26 @@ class RankTrainer:
         model = model.to(self.device)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        self.lora = lora if lora and lora.get("r") else None
+        if self.lora:
+            model = apply_lora(model, **self.lora)
         model.train()
         n_params = sum(p.numel() for p in model.parameters())
         self.model = shard_model(model, bf16=bf16, cpu_offload=cpu_offload)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, betas=betas)
         self.objective = build_objective(algorithm)
         self.objective.load_state_dict(objective_state or {})
         self.partition = Partition(self.rank, self.world_size, balance=balance, reduce_max=_reduce_max)
         return n_params
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The unsharded weights on rank 0 (empty dict on the others): every rank must be called."""
-        return full_state_dict(self.model)
+    def full_state_dict(self, merged: bool = True) -> dict[str, torch.Tensor]:
+        """The unsharded weights on rank 0 (empty dict on the others): every rank must be called. With LoRA and
+        ``merged``, the base model's weights with the adapters merged in (what a sampler loads)."""
+        state = full_state_dict(self.model)
+        if state and self.lora and merged:
+            return merged_state_dict(state, r=self.lora["r"], alpha=self.lora["alpha"])
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         load_full_state_dict(self.model, state)
