@@ -76,13 +76,16 @@ class ResumeCheck:
 
 
 def config_diff(saved: dict[str, Any], config: RunConfig) -> dict[str, tuple[str, str]]:
-    """Changed fields {dotted name: (saved value, new value)} as strings; a field only one side has is ``<unset>``."""
+    """Changed fields {dotted name: (saved value, new value)} as strings; a field only one side has is ``<unset>``.
+    A field added since the checkpoint was written (a new section, e.g. ``trainer`` or ``model.lora``) is no change
+    while it keeps its default: the old run computed what the default computes."""
     old = flatten_params(saved)
     new = flatten_params(config.model_dump(mode="json"))
+    default = flatten_params(RunConfig.model_construct().model_dump(mode="json", warnings=False))
     return {
         k: (old.get(k, "<unset>"), new.get(k, "<unset>"))
         for k in sorted(set(old) | set(new))
-        if k not in IGNORED and old.get(k) != new.get(k)
+        if k not in IGNORED and old.get(k) != new.get(k) and not (k not in old and new.get(k) == default.get(k))
     }
 
 
