@@ -115,11 +115,11 @@ def main() -> None:
     try:
         print(f"device {device}, shape {args.shape}, N={args.n} x (prompt {args.prompt} + T {args.t}), "
               f"micro {args.micro}, checkpointing {args.checkpointing}")  # fmt: skip
-        print(f"{'path':<6} {'params':>8} {'update s':>9} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9}")
+        print(f"{'path':<6} {'params':>9} {'update s':>9} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9}")
         results = {}
         for path in ("local", "fsdp"):
             r = results[path] = run(path, args, device)
-            print(f"{path:<6} {r['params'] / 1e9:7.3f}B {r['wall']:9.3f} {r['tps']:10.0f} {r['mfu']:7.1%} "
+            print(f"{path:<6} {r['params'] / 1e6:8.1f}M {r['wall']:9.3f} {r['tps']:10.0f} {r['mfu']:7.1%} "
                   f"{r['peak']:9.2f}")  # fmt: skip
         print(f"fsdp / local update time: {results['fsdp']['wall'] / results['local']['wall']:.3f}")
     finally:
