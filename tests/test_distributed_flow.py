@@ -1,7 +1,7 @@
 """The training flow with ``trainer.backend=ray``: two FSDP2 ranks (gloo, CPU) train, the flow keeps the sampling
 copy, MLflow and Parquet are as for a local run, and no Ray process outlives the run. A checkpoint written by the
 ranks resumes in one process (2 -> 1), and one written in one process resumes on two ranks (1 -> 2); the next
-steps equal an unbroken run's."""
+steps equal an unbroken run's. A rank that fails ends the run with its rank named, and Ray is gone after it."""
 
 import pyarrow.parquet  # noqa: F401  (read_rollouts)
 import pytest
@@ -10,6 +10,7 @@ from test_distributed import _ray_processes
 from test_train_flow import metric_history, small_config
 
 from flows.train import train
+from steer.distributed.group import RankFailed
 from steer.rollout_store import ROLLOUT_SCHEMA, read_rollouts
 
 pytestmark = pytest.mark.flow
@@ -61,3 +62,13 @@ def test_one_process_then_two_ranks_equal_an_unbroken_local_run(unbroken, tmp_pa
     assert not _ray_processes()
     for key in COMPARED:
         _same(metric_history(out, key), metric_history(unbroken, key), range(3))
+
+
+@pytest.mark.slow  # one more flow run with Ray (~60 s); tests/test_distributed.py names a hung and a dead rank
+def test_a_rank_that_raises_fails_the_run_naming_it_and_leaves_no_ray_process(prefect_harness, small_policy, tmp_path):
+    # a KL penalty without a reference model raises inside every rank's first micro-batch (no flow keeps one yet)
+    config = _config(tmp_path / "run", 1, RAY).model_copy(deep=True)
+    config.algorithm.kl_coef = 0.1
+    with pytest.raises(RankFailed, match=r"^trainer rank 0 raised in update: ValueError: kl_coef > 0 needs ref_logp"):
+        train(config)
+    assert not _ray_processes()

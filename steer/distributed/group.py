@@ -98,7 +98,8 @@ class RankGroup:
         if failed:  # a dead rank first: the others' collective errors are its consequence
             _, r, e, dead = min(failed, key=lambda f: (f[0], f[1]))
             how = "died" if dead else "raised"
-            raise RankFailed(f"trainer rank {r} {how} in {what}: {type(e).__name__}: {e}") from e
+            cause = getattr(e, "cause", None) or e  # a RayTaskError carries the rank's own exception (its traceback)
+            raise RankFailed(f"trainer rank {r} {how} in {what}: {type(cause).__name__}: {cause}") from e
         if pending:
             late = [r for r, ref in zip(ranks, refs, strict=True) if ref in pending]
             raise RankFailed(
