@@ -24,6 +24,7 @@ OPTIMIZERS = ("sgd", "adamw")
 ROLLOUT_CORRECTIONS = ("truncate", "mask")
 IS_LEVELS = ("token", "sequence", "geometric")
 SCORING_RUNNERS = ("pool", "ray", "dask")
+TRAINER_BACKENDS = ("local", "ray")
 
 AdvantageEstimatorName = Literal[ADVANTAGE_ESTIMATORS]
 AggregationName = Literal[AGGREGATIONS]
@@ -36,3 +37,4 @@ OptimizerName = Literal[OPTIMIZERS]
 RolloutCorrectionName = Literal[("none", *ROLLOUT_CORRECTIONS)]  # none: no correction (the default)
 IsLevelName = Literal[IS_LEVELS]
 ScoringRunnerName = Literal[SCORING_RUNNERS]
+TrainerBackendName = Literal[TRAINER_BACKENDS]

@@ -16,11 +16,24 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from steer.algorithms import ALGORITHMS, MOVED_FIELDS, SECTIONS, AlgorithmConfig, get_algorithm, merge_algorithm
-from steer.choices import RolloutBackendName, ScoringRunnerName
+from steer.choices import RolloutBackendName, ScoringRunnerName, TrainerBackendName
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(_Section):
+    """LoRA adapters (peft; Hu et al. 2021): train r-rank updates of the target linear layers instead of all
+    weights. The rollout engine receives the merged weights W + (alpha / r) B A."""
+
+    r: int = Field(0, ge=0, description="Adapter rank; 0 turns LoRA off (the default: full fine-tuning, as the paper).")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha: the update is scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input (0 keeps the update exact).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Names of the linear layers that get adapters (every attention and MLP projection by default).",
+    )
 
 
 class ModelConfig(_Section):
@@ -34,6 +47,7 @@ class ModelConfig(_Section):
     autocast_bf16: bool = Field(False, description="bf16 autocast for forward/backward (GPUs); weights stay fp32.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory (large models).")
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 leaves torch's default.")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
 
 
 class DataConfig(_Section):
@@ -256,6 +270,48 @@ class OptimConfig(_Section):
     epochs: int = Field(1, gt=0, description="Passes over each rollout (paper: 1).")
 
 
+class TrainerConfig(_Section):
+    """Where the policy update runs (docs/distributed.md): in the flow's process, or on Ray-placed FSDP2 ranks."""
+
+    backend: TrainerBackendName = Field(
+        "local",
+        description="'local': the update runs in the flow's own process (one device; the embedded default, no "
+        "cluster). 'ray': world_size trainer ranks as Ray actors in one torch.distributed group (gloo on CPU, NCCL "
+        "on GPU), the policy sharded with FSDP2; the flow keeps only a sampling copy for the rollout engine.",
+    )
+    world_size: int = Field(
+        1,
+        ge=1,
+        description="Trainer ranks (one per GPU, or per CPU slot on a CPU machine); needs backend 'ray' above 1.",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="Join this Ray cluster ('auto' finds a local `ray start --head`, 'ray://host:10001' a remote "
+        "one); None starts a local Ray for the run and stops it when the run ends or fails.",
+    )
+    collective_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="A rank that does not answer, or a collective that waits, this long ends the update with an "
+        "error naming the rank (a hung or dead rank); raise it for long steps on large models.",
+    )
+    balance_tokens: bool = Field(
+        False,
+        description="Deal each mini-batch's rows to ranks by token count (equal rows per rank, balanced tokens) "
+        "instead of contiguous blocks. The gradient is the same up to rounding, but micro-batches hold other rows, "
+        "so STEER's micro/group normalisers see other groups: off keeps the one-process update exactly.",
+    )
+    mixed_precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="FSDP2 MixedPrecisionPolicy: bf16 parameters in forward/backward, fp32 gradient reduction and "
+        "master weights (GPUs; CPU bf16 is slow). Local runs use model.autocast_bf16 instead.",
+    )
+    cpu_offload: bool = Field(
+        False, description="FSDP2 CPUOffloadPolicy: sharded parameters, gradients and AdamW state live in CPU memory."
+    )
+    threads_per_rank: int = Field(1, ge=1, description="torch CPU threads (and Ray CPUs) per rank.")
+
+
 class EvalConfig(_Section):
     every: int = Field(5, ge=0, description="Evaluate on held-out data every this many steps (0: start/end only).")
     samples_per_prompt: int = Field(1, gt=0, description="k of avg@k on the held-out problems.")
@@ -306,6 +362,7 @@ class RunConfig(_Section):
     overlong_penalty: OverlongPenaltyConfig = Field(default_factory=OverlongPenaltyConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     algorithm: AlgorithmConfig = Field(default_factory=lambda: get_algorithm("steer"))
@@ -339,7 +396,31 @@ class RunConfig(_Section):
                 f"overlong_penalty.cache={cache} must not exceed overlong_penalty.max_length={max_length}: set a "
                 "smaller cache (DAPO uses a fifth of the budget)"
             )
+        self._trainer_arithmetic()
         return self
+
+    def _trainer_arithmetic(self) -> None:
+        tr, micro = self.trainer, self.optim.micro_batch_size
+        if tr.backend == "local" and tr.world_size > 1:
+            raise ValueError(
+                f"trainer.world_size={tr.world_size} needs trainer.backend=ray (the local backend is one process)"
+            )
+        if tr.backend == "local" and tr.mixed_precision != "fp32":
+            raise ValueError("trainer.mixed_precision is FSDP's (backend ray): use model.autocast_bf16 for local runs")
+        if tr.mixed_precision == "bf16" and self.model.device == "cpu":
+            raise ValueError("trainer.mixed_precision=bf16 is for GPUs: set model.device=cuda or mixed_precision=fp32")
+        if self.model.lora.r:
+            raise ValueError(
+                "model.lora.r > 0: LoRA runs in the library (steer.lora) and on the trainer ranks, but the training "
+                "flow's checkpoints do not store adapters yet, so a run could not resume: set model.lora.r=0"
+            )
+        w = tr.world_size
+        if self.mini_batch_size % (w * micro):
+            raise ValueError(
+                f"the mini-batch of {self.mini_batch_size} responses does not split into trainer.world_size={w} "
+                f"ranks x optim.micro_batch_size={micro}: make optim.mini_batch_prompts x rollout.samples_per_prompt "
+                f"a multiple of {w * micro}"
+            )
 
     @property
     def mini_batch_size(self) -> int:

@@ -51,6 +51,8 @@ class Normaliser:
     needs_old_before_update = False
     """True when ``start`` or ``before_step`` reads ``old_logp``/``old_entropy``, which must then be scored before
     the update (``steer.update.reuses_forward_as_old``)."""
+    reduce_max = staticmethod(lambda m: m)
+    """The maximum of a tensor over trainer ranks (set by ``policy_update`` on a rank; identity in one process)."""
 
     def __init__(self, omega: OmegaFn, *, decay: float = 1.0, group: int = 8, quantile: float = 0.99):
         self.omega = omega
@@ -100,7 +102,7 @@ class MiniMax(Normaliser):
     def before_step(self, mini: PolicyBatch, score: ScoreFn) -> None:
         logp, entropy = score()  # (N, T) each
         omega = self.omega(logp, mini.old_logp, entropy, mini.old_entropy, mini.advantages, mini.response_mask)
-        self.m = omega_abs_max(omega, mini.response_mask)
+        self.m = self.reduce_max(omega_abs_max(omega, mini.response_mask))  # a rank's share: max over the ranks
 
     def for_micro(self, micro: PolicyBatch, logp: Tensor, entropy: Tensor) -> Tensor | None:
         return self.m

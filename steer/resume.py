@@ -35,6 +35,14 @@ SAFE_ON_RESUME: dict[str, str] = {
     "rollout.weight_sync": "how the weights reach the engine, not which weights",
     "rollout.sync_probe_tokens": "a check after the sync, not what a step computes",
     "rollout.sync_probe_tolerance": "a check after the sync, not what a step computes",
+    "trainer.backend": "where the update runs; checkpoints hold full weights and optimizer state at any world size",
+    "trainer.world_size": "how many ranks share each mini-batch; the global counts keep the gradient the same",
+    "trainer.ray_address": "which Ray cluster places the ranks",
+    "trainer.collective_timeout_s": "how long a rank may be silent before the update fails",
+    "trainer.threads_per_rank": "CPU threads: speed only",
+    "trainer.cpu_offload": "where the sharded state lives: memory for speed, the same numbers",
+    "trainer.balance_tokens": "which rows each rank trains: the same gradient up to rounding (micro/group M differ)",
+    "trainer.mixed_precision": "bf16 compute on GPUs (numerics differ, as with model.device)",
     "tracking.log_model": "what is recorded in MLflow, not what a step computes",
     "tracking.registered_model_name": "what is recorded in MLflow",
     "tracking.log_checkpoints": "what is recorded in MLflow",
@@ -71,13 +79,16 @@ class ResumeCheck:
 
 
 def config_diff(saved: dict[str, Any], config: RunConfig) -> dict[str, tuple[str, str]]:
-    """Changed fields {dotted name: (saved value, new value)} as strings; a field only one side has is ``<unset>``."""
+    """Changed fields {dotted name: (saved value, new value)} as strings; a field only one side has is ``<unset>``.
+    A field added since the checkpoint was written (a new section, e.g. ``trainer`` or ``model.lora``) is no change
+    while it keeps its default: the old run computed what the default computes."""
     old = flatten_params(saved)
     new = flatten_params(config.model_dump(mode="json"))
+    default = flatten_params(RunConfig.model_construct().model_dump(mode="json", warnings=False))
     return {
         k: (old.get(k, "<unset>"), new.get(k, "<unset>"))
         for k in sorted(set(old) | set(new))
-        if k not in IGNORED and old.get(k) != new.get(k)
+        if k not in IGNORED and old.get(k) != new.get(k) and not (k not in old and new.get(k) == default.get(k))
     }
 
 

@@ -14,16 +14,64 @@ from typing import Any
 
 import torch
 
+from steer import choices
 from steer.checkpoint import latest_good_checkpoint, load_checkpoint, load_checkpoint_tensors
 from steer.config import RunConfig
 from steer.data import Problem
 from steer.objective import Objective, build_objective
+from steer.registry import Registry
 from steer.resume import ResumeCheck, check_resume_dir
 from steer.rollout.base import RolloutBatch, RolloutEngine, make_rollout_engine
 from steer.rollout.pending import rollout_from_tensors
 
 PENDING = "pending_rollout"
 """The checkpoint's tensor group holding a one-step-off run's rollout sampled ahead (``steer.rollout.pending``)."""
+
+TRAINER_BACKENDS: Registry = Registry("trainer backend", choices.TRAINER_BACKENDS)
+"""``trainer.backend`` -> ``(config, model_source, model, optimizer, objective_state) -> trainer ranks or None``."""
+
+
+@TRAINER_BACKENDS.register("local")
+def _local_trainer(config, source, model, optimizer, objective_state):
+    return None  # the update runs on ``Runtime.model`` in this process
+
+
+@TRAINER_BACKENDS.register("ray")
+def _ray_trainer(config, source, model, optimizer, objective_state):
+    """``trainer.world_size`` FSDP2 ranks (``steer.distributed.group.RankGroup``) holding the policy read from
+    ``source`` and, on a resume, the optimizer state restored into ``optimizer``: from here the training state
+    lives in the ranks; ``model`` stays the flow's sampling copy."""
+    from steer.distributed.fsdp import full_optimizer_state
+    from steer.distributed.group import RankGroup
+
+    tr = config.trainer
+    group = RankGroup(
+        tr.world_size,
+        address=tr.ray_address,
+        use_gpu=resolve_device(config.model.device).type == "cuda",
+        timeout_s=tr.collective_timeout_s,
+        num_threads=tr.threads_per_rank,
+    )
+    try:
+        o = config.optim
+        group.setup(
+            source,
+            config.algorithm,
+            lr=o.lr,
+            weight_decay=o.weight_decay,
+            betas=o.betas,
+            balance=tr.balance_tokens,
+            bf16=tr.mixed_precision == "bf16",
+            cpu_offload=tr.cpu_offload,
+            gradient_checkpointing=config.model.gradient_checkpointing,
+            objective_state=objective_state,
+        )
+        if optimizer.state:  # resumed: the checkpoint's AdamW state, by parameter name, for any world size
+            group.call("load_optimizer_state", full_optimizer_state(model, optimizer))
+    except BaseException:
+        group.close()
+        raise
+    return group
 
 
 def derive_seed(seed: int, purpose: str, step: int) -> int:
@@ -100,6 +148,7 @@ class Runtime:
     extra: dict = field(default_factory=dict)
     objective: Objective | None = None  # the algorithm's loss, built once (open_runtime)
     resume: ResumeCheck = field(default_factory=ResumeCheck)  # safe config changes against the checkpoint's
+    ranks: Any = None  # trainer.backend ray: the RankGroup that holds the training state (None: it is model here)
     pending: RolloutBatch | None = None
     """rollout.one_step_off: the rollout of step ``start_step`` sampled ahead, restored from the checkpoint."""
 
@@ -107,8 +156,20 @@ class Runtime:
     def autocast_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.config.model.autocast_bf16 else None
 
+    def gather_training_state(self) -> None:
+        """With trainer ranks: their optimizer state into ``optimizer`` (the weights are in ``model`` after every
+        update), so a checkpoint has the same format, and resumes, at any world size. No-op for a local run."""
+        if self.ranks is not None:
+            from steer.distributed.fsdp import load_full_optimizer_state
+
+            load_full_optimizer_state(self.model, self.optimizer, self.ranks.full_optimizer_state())
+
     def close(self) -> None:
-        self.engine.close()
+        try:
+            self.engine.close()
+        finally:
+            if self.ranks is not None:
+                self.ranks.close()  # actors, placement group, and the Ray this run started
 
 
 def open_runtime(config: RunConfig, policy_path: str) -> Runtime:
@@ -133,19 +194,27 @@ def open_runtime(config: RunConfig, policy_path: str) -> Runtime:
     start, extra = 0, {}
     if ckpt is not None:
         start, extra = load_checkpoint(ckpt, model, optimizer, {}, verify=False)  # verified just above
-    engine = make_rollout_engine(
-        config.rollout.backend,
-        model=model,
-        tokenizer=tokenizer,
-        **config.rollout.engine_options(),
-        **sync_options(config),
-    )
     objective = build_objective(config.algorithm)
     objective.load_state_dict(extra.get("objective", {}))  # the adaptive entropy coefficient of a resumed run
-    rt = Runtime(config, model, tokenizer, optimizer, engine, device, start, extra, objective, resume)
+    source = str(ckpt) if ckpt else policy_path
+    ranks = TRAINER_BACKENDS.get(config.trainer.backend)(config, source, model, optimizer, extra.get("objective"))
+    try:
+        engine = make_rollout_engine(
+            config.rollout.backend,
+            model=model,
+            tokenizer=tokenizer,
+            **config.rollout.engine_options(),
+            **sync_options(config),
+        )
+    except BaseException:
+        if ranks is not None:
+            ranks.close()
+        raise
+    rt = Runtime(config, model, tokenizer, optimizer, engine, device, start, extra, objective, resume, ranks)
     saved = load_checkpoint_tensors(ckpt, PENDING) if ckpt is not None and config.rollout.one_step_off else None
     if saved is not None:
         step, rt.pending = rollout_from_tensors(saved)
         if step != start:
+            rt.close()
             raise ValueError(f"{ckpt}: its pending rollout is for step {step}, the run resumes at {start}")
     return rt

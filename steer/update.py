@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from steer.batch import PolicyBatch
+from steer.distributed.partition import Partition, micro_generators
 from steer.objective import Objective
 from steer.ops import token_advantages
 from steer.scoring import forward_logprobs, score_batch
@@ -60,6 +61,7 @@ def policy_update(
     autocast_dtype: torch.dtype | None = None,
     shuffle: bool = True,
     max_response_len: int | None = None,
+    partition: Partition | None = None,
 ) -> UpdateResult:
     """Optimizer steps on one rollout batch.
 
@@ -74,6 +76,9 @@ def policy_update(
         generator: drives the shuffle and Clip-Cov's random choice; seed it for reproducibility.
         max_response_len: the constant of Dr.GRPO's ``seq-mean-token-sum-norm``, the generation budget
             (``rollout.max_new_tokens``) as Dr.GRPO defines it; default: T, this batch's longest response.
+        partition: this rank's share of every mini-batch (``steer.distributed.partition``); None: all of it. The
+            counts are always the whole mini-batch's, and each micro-batch draws from its own generator (seeded
+            from ``generator``), so a micro-batch computes the same on whichever rank trains it.
     """
     n, t = batch.response_mask.shape
     fill_old = batch.old_logp is None or batch.old_entropy is None
@@ -99,6 +104,8 @@ def policy_update(
     rollout_metrics = objective.start_rollout(batch.old_entropy, batch.response_mask)
     normaliser = objective.new_normaliser()
     normaliser.start(batch)
+    if partition is not None:
+        normaliser.reduce_max = partition.reduce_max  # the mini-batch maximum over the ranks' shares
     scoring = dict(temperature=temperature, autocast_dtype=autocast_dtype)
 
     for epoch in range(epochs):
@@ -107,10 +114,16 @@ def policy_update(
         for mini_idx in order.split(mini_batch_size):
             mini = batch.select(mini_idx)
             counts = dict(num_tokens=mini.response_mask.sum(), num_seqs=len(mini), max_len=max_response_len or t)
+            gens = micro_generators(generator, -(-len(mini) // micro_batch_size))  # (one per micro-batch of the mini)
+            if partition is not None:  # this rank's rows; the counts above stay the whole mini-batch's
+                own = partition.rows(mini.response_mask.sum(-1), micro_batch_size)  # (N / world_size,)
+                per = len(own) // micro_batch_size  # micro-batches per rank
+                mini_idx, mini = mini_idx[own], mini.select(own)
+                gens = gens[partition.rank * per : (partition.rank + 1) * per]
             normaliser.before_step(
                 mini, lambda m=mini: score_batch(model, m, micro_batch_size=micro_batch_size, **scoring)
             )
-            for micro_idx in torch.arange(len(mini), device=device).split(micro_batch_size):
+            for micro_idx, micro_gen in zip(torch.arange(len(mini), device=device).split(micro_batch_size), gens):
                 micro = mini.select(micro_idx)
                 logp, entropy = forward_logprobs(model, micro, **scoring)  # (N, T) each, with gradient
                 if fill_old:  # on-policy: the parameters that sampled the rollout are these, unchanged so far
@@ -127,7 +140,7 @@ def policy_update(
                     mask=micro.response_mask,
                     steer_max_abs=normaliser.for_micro(micro, logp, entropy),
                     ref_logp=micro.ref_logp,
-                    generator=generator,
+                    generator=micro_gen,
                     sampling_logp=micro.sampling_logp,
                     **counts,
                 )
@@ -142,7 +155,9 @@ def policy_update(
                 for k, v in metrics.items():
                     sums[k] += v.detach() if isinstance(v, Tensor) else v
                 n_micro += 1
+                sums["_tokens"] += micro.response_mask.sum()  # trained by this process (this rank's share)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
             if torch.isfinite(grad_norm):  # one host sync per optimizer step
                 sums["actor/grad_norm"] += grad_norm.detach()
                 sums["_steps"] += 1
@@ -151,11 +166,12 @@ def policy_update(
                 sums["_skipped"] += 1
             optimizer.zero_grad(set_to_none=True)
 
-    steps, skipped = sums.pop("_steps", 0), sums.pop("_skipped", 0)
+    steps, skipped, tokens = sums.pop("_steps", 0), sums.pop("_skipped", 0), sums.pop("_tokens", 0)
     out = {k: float(v) / n_micro for k, v in sums.items() if k != "actor/grad_norm"}
     out["actor/grad_norm"] = float(sums["actor/grad_norm"]) / steps if steps else float("nan")
     out["actor/optimizer_steps"] = steps
     out["actor/skipped_steps"] = skipped
+    out["perf/update_tokens"] = float(tokens)
     out["actor/lr"] = optimizer.param_groups[0]["lr"]
     out.update(rollout_metrics)
     return UpdateResult(out, omega_all, weights_all, adv_all)

@@ -86,6 +86,14 @@ def update_policy(
         batch.sampling_logp = rollout.sampling_logp.to(rt.device)
     temperature = cfg.rollout.temperature
     micro = cfg.optim.micro_batch_size
+    if rt.ranks is not None:  # trainer.backend=ray: the ranks score and train; rt.model receives the weights
+        settings = dict(mini_batch_size=cfg.mini_batch_size, micro_batch_size=micro, epochs=cfg.optim.epochs)
+        settings.update(temperature=temperature, max_grad_norm=cfg.optim.max_grad_norm)
+        result = rt.ranks.policy_update(
+            batch, seed, sampling_model=rt.model, objective=rt.objective,
+            max_response_len=cfg.rollout.max_new_tokens, **settings,
+        )  # fmt: skip
+        return result, batch
     t0 = time.perf_counter()
     if not reuses_forward_as_old(
         rt.objective, num_responses=len(batch), mini_batch_size=cfg.mini_batch_size, epochs=cfg.optim.epochs

@@ -20,6 +20,7 @@ from steer.registry import Registry
 from steer.reweighting import OMEGA_FORMS, WEIGHT_MAPS
 from steer.rollout.base import ROLLOUT_BACKENDS
 from steer.rollout_correction import ROLLOUT_CORRECTIONS
+from steer.runtime import TRAINER_BACKENDS
 from steer.studies.estimator import OPTIMIZERS
 from tasks.fanout import TASK_RUNNERS
 
@@ -36,6 +37,7 @@ PAIRS = {
     "OPTIMIZERS": OPTIMIZERS,
     "ROLLOUT_CORRECTIONS": ROLLOUT_CORRECTIONS,
     "SCORING_RUNNERS": TASK_RUNNERS,
+    "TRAINER_BACKENDS": TRAINER_BACKENDS,
 }
 
 

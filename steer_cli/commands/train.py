@@ -22,6 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="override any field with a dotted key, e.g. --set algorithm.token_weighting.lambda_min=0.8",
     )
     p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the update's plan (ranks, per-rank micro-batches, optimizer steps per rollout, memory per rank) "
+        "from the config alone, without a GPU or a download, and exit",
+    )
+    p.add_argument(
         "--help-config",
         action="store_true",
         help="list the config fields of this preset and algorithm (its own components only), with help, and exit",
@@ -45,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
         config = build_config(args)
         if args.help_config:
             print(config_help(config))
+            return 0
+        if args.dry_run:
+            from steer.distributed.plan import update_plan
+
+            print("\n".join(update_plan(config)))
             return 0
         from steer.resume import check_resume_dir  # (imports torch: after the config's own checks)
 
