@@ -10,7 +10,7 @@ a correlation. The default spec's own build and its accuracy band are tested in 
 
 from __future__ import annotations
 
-from steer.models.tiny import TinyPolicySpec, ensure_tiny_policy
+from steer.models.tiny import TinyPolicySpec, build_char_tokenizer, build_tiny_model, ensure_tiny_policy
 from steer.runtime import cache_dir
 
 TEST_SPEC = TinyPolicySpec(
@@ -33,3 +33,10 @@ def ensure_small_policy() -> str:
     path = str(ensure_tiny_policy(cache_dir(), TEST_SPEC, num_threads=1))
     assert path == SMALL_POLICY, (path, SMALL_POLICY)
     return path
+
+
+def in_memory_policy():
+    """A small untrained model and its tokenizer, built in memory (no cache): the weight-sync tests' trainer side."""
+    spec = TinyPolicySpec(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128, seed=3)
+    tokenizer = build_char_tokenizer(spec.alphabet)
+    return build_tiny_model(spec, tokenizer), tokenizer

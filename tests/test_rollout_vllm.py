@@ -20,8 +20,9 @@ from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from policies import in_memory_policy  # noqa: E402
+
 from steer.models.loading import load_policy, resolve_policy  # noqa: E402
-from steer.models.tiny import TinyPolicySpec, build_char_tokenizer, build_tiny_model  # noqa: E402
 from steer.rollout import ROLLOUT_BACKENDS, RolloutEngine, make_rollout_engine  # noqa: E402
 from steer.rollout.hf import HFRolloutEngine  # noqa: E402
 from steer.rollout.vllm_client import ROOT, VLLMRolloutEngine, VLLMWorkerError, row_seed, write_weights  # noqa: E402
@@ -62,9 +63,7 @@ def logp_mismatch(model, batch, temperature: float) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def small_policy():
-    spec = TinyPolicySpec(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128, seed=3)
-    tokenizer = build_char_tokenizer(spec.alphabet)
-    return build_tiny_model(spec, tokenizer), tokenizer
+    return in_memory_policy()
 
 
 def test_registered_lazily():

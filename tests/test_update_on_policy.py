@@ -3,26 +3,14 @@ loss, gradient, metrics and weights are bit-identical to scoring the batch first
 
 import pytest
 import torch
-from test_update import VOCAB, tiny_model
+from test_update import tiny_batch, tiny_model
 
 from steer.algorithms import get_algorithm
-from steer.batch import build_policy_batch
 from steer.objective import build_objective
 from steer.scoring import score_batch
 from steer.update import policy_update, reuses_forward_as_old
 
 pytestmark = pytest.mark.unit
-
-
-def tiny_batch(n_prompts=3, g=4, t=6):
-    gen = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, VOCAB, (int(k),), generator=gen).tolist() for k in (2, 4, 3)[:n_prompts]]
-    group = torch.arange(n_prompts).repeat_interleave(g)  # (N,)
-    resp = torch.randint(3, VOCAB, (n_prompts * g, t), generator=gen)  # (N, T)
-    lengths = torch.randint(1, t + 1, (n_prompts * g,), generator=gen)
-    mask = (torch.arange(t)[None] < lengths[:, None]).float()  # (N, T)
-    adv = torch.randn(n_prompts * g, generator=gen)
-    return build_policy_batch(prompts, group, resp * mask.long(), mask, adv, pad_id=0)
 
 
 def _update(objective, *, score_first: bool):

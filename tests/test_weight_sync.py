@@ -9,10 +9,10 @@ from multiprocessing import shared_memory
 
 import pytest
 import torch
+from policies import in_memory_policy
 
 from steer.checkpoint import load_checkpoint_tensors, save_checkpoint, verify_checkpoint
 from steer.config import ConfigError, load_config
-from steer.models.tiny import TinyPolicySpec, build_char_tokenizer, build_tiny_model
 from steer.rollout.base import RolloutBatch
 from steer.rollout.pending import rollout_from_tensors, rollout_to_tensors
 from steer.rollout.weight_sync import (
@@ -33,9 +33,7 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture(scope="module")
 def small_policy():
-    spec = TinyPolicySpec(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128, seed=3)
-    tokenizer = build_char_tokenizer(spec.alphabet)
-    return build_tiny_model(spec, tokenizer), tokenizer
+    return in_memory_policy()
 
 
 def test_layout_aligns_every_tensor_and_packs_them_without_overlap():
