@@ -18,10 +18,9 @@ from steer.rollout_store import rollout_table, write_step
 from steer.runtime import PENDING, Runtime
 from steer.tracking import Tracker
 from steer.update import UpdateResult
-from tasks.by_reference import by_reference
 
 
-@by_reference(name="write-rollouts", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+@task(name="write-rollouts", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def write_rollouts(
     output_dir: str,
     run_id: str,
@@ -57,13 +56,13 @@ def write_rollouts(
     return str(write_step(Path(output_dir) / "rollouts", step, table))
 
 
-@by_reference(name="log-metrics", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="log-metrics", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def log_metrics(tracker: Tracker, metrics: Mapping[str, float], step: int) -> None:
     """The tracker retries transient errors itself (with backoff); this task retry covers a longer outage."""
     tracker.log_metrics(metrics, step=step)
 
 
-@by_reference(name="save-checkpoint", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
+@task(name="save-checkpoint", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def checkpoint(rt: Runtime, step: int) -> str:
     """Save the state after ``step`` steps (model, optimizer, RNG, the run's config); the final one goes to MLflow in
     ``log_final_checkpoint``."""

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import torch
-from prefect import get_run_logger
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
@@ -27,7 +27,6 @@ from steer.runtime import Runtime
 from steer.scoring import score_batch
 from steer.update import UpdateResult, policy_update, reuses_forward_as_old
 from steer.verifiers.math import rewards_from_correct
-from tasks.by_reference import by_reference
 
 
 def _warn(message: str) -> None:
@@ -37,7 +36,7 @@ def _warn(message: str) -> None:
         logging.getLogger(__name__).warning(message)
 
 
-@by_reference(name="generate-rollouts", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+@task(name="generate-rollouts", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def generate_rollouts(
     engine: RolloutEngine, tokenizer: Any, problems: list[Problem], cfg: RolloutConfig, instruction: str, seed: int
 ) -> RolloutBatch:
@@ -53,7 +52,7 @@ def generate_rollouts(
     )
 
 
-@by_reference(name="score-rollouts", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+@task(name="score-rollouts", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def score_rollouts(scorer: Any, rollout: RolloutBatch, problems: list[Problem], reward_mode: str) -> dict:
     """Verify each response against its problem's answer: ``correct`` (N,) bool, ``rewards`` (N,) float and
     ``verifier_errors``, the responses a verifier fault left scored wrong after the scorer's own retries (warned)."""
@@ -69,7 +68,7 @@ def score_rollouts(scorer: Any, rollout: RolloutBatch, problems: list[Problem], 
     return {"correct": correct, "rewards": rewards_from_correct(correct, reward_mode), "verifier_errors": errors}
 
 
-@by_reference(name="update-policy", retries=0, cache_policy=NO_CACHE)
+@task(name="update-policy", retries=0, cache_policy=NO_CACHE)
 def update_policy(
     rt: Runtime, rollout: RolloutBatch, rewards: torch.Tensor, seed: int
 ) -> tuple[UpdateResult, PolicyBatch]:
@@ -121,7 +120,7 @@ def update_policy(
     return result, batch
 
 
-@by_reference(name="sync-weights", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+@task(name="sync-weights", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def sync_weights(engine: RolloutEngine, model: Any) -> dict[str, float]:
     """Push the trained weights to the rollout engine (vLLM: shared memory or a safetensors file, reloaded in the
     worker), then its probe check; returns the engine's ``sync_metrics`` (``rollout/sync_probe_*``,
