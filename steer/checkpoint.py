@@ -9,6 +9,9 @@
   ``torch.Generator`` passed by name (e.g. the sampler's and the shuffle's);
 - ``tensors/<name>.safetensors``: named groups of tensors the caller passes (``tensors=``; e.g. the rollout a
   one-step-off run sampled ahead), read back with ``load_checkpoint_tensors``;
+- with LoRA (a peft model), the model folder holds the merged weights (still a plain Hugging Face model) and
+  ``tensors/lora_adapters.safetensors`` the adapters; a resume reads the base weights from the model source again,
+  loads the adapters, and checks that base + adapters reproduce the saved merged weights;
 - ``manifest.json``, written last: format version, step, the caller's ``extra`` (data-loader position, scheduler
   state: anything JSON-serialisable), the size and the SHA-256 of every file.
 
@@ -41,6 +44,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steer.fsutil import fsync_path
+from steer.lora import adapter_state, is_lora_model, sampler_state_dict
 
 FORMAT_VERSION = 1
 """Bump when the folder layout changes; ``load_checkpoint`` refuses other versions."""
@@ -48,6 +52,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TENSORS = "tensors"
 """Subfolder of the caller's tensor groups (not a model shard: ``load_checkpoint`` reads only top-level ones)."""
+LORA_ADAPTERS = "lora_adapters"
+"""The tensor group of a LoRA model's adapters (``steer.lora.adapter_state``)."""
 _NAME = re.compile(r"^step-(\d+)$")
 _SCRATCH_PREFIXES = (".tmp-step-", ".old-step-")
 log = logging.getLogger(__name__)
@@ -93,12 +99,18 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, step)
     tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".tmp-{final.name}-"))
+    tensors = dict(tensors or {})
+    if is_lora_model(model):
+        tensors[LORA_ADAPTERS] = adapter_state(model)
     try:
-        model.save_pretrained(tmp)
+        if is_lora_model(model):  # merged weights under the base names: loads as a plain Hugging Face model
+            model.get_base_model().save_pretrained(tmp, state_dict=sampler_state_dict(model))
+        else:
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(_rng_state(generators or {}), tmp / "rng_state.pt")
-        for name, group in (tensors or {}).items():
+        for name, group in tensors.items():
             (tmp / TENSORS).mkdir(exist_ok=True)
             save_file({k: v.contiguous() for k, v in group.items()}, str(tmp / TENSORS / f"{name}.safetensors"))
         paths = [p for p in sorted(tmp.rglob("*")) if p.is_file()]
@@ -203,6 +215,9 @@ def load_checkpoint(
 ) -> tuple[int, dict[str, Any]]:
     """Restore model weights, optimizer state and all RNG states in place; returns ``(step, extra)``.
 
+    For a LoRA ``model`` (built on the run's base weights), the adapters are loaded, and base + adapters must give
+    the saved merged weights (to float rounding): another base model raises ``ValueError``.
+
     ``generators`` must name the same generators that were saved (a forgotten one would silently break
     reproducibility). The model keeps its device and dtype; tensors are copied into it. ``verify=False`` skips the
     hashes (the caller has just run ``verify_checkpoint``); a file that cannot be read still raises
@@ -225,16 +240,39 @@ def load_checkpoint(
             state.update(load_file(shard))
         except Exception as e:  # SafetensorError on a torn header
             raise CheckpointDamaged(f"{shard} cannot be read ({type(e).__name__}): the checkpoint is damaged") from None
-    result = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "all_tied_weights_keys", None) or {})  # tied copies that save_pretrained leaves out
-    if result.unexpected_keys or set(result.missing_keys) - tied:
-        raise ValueError(
-            f"{path} does not match the model: missing {sorted(set(result.missing_keys) - tied)}, "
-            f"unexpected {sorted(result.unexpected_keys)}"
-        )
+    if is_lora_model(model):
+        _load_lora(path, model, state)
+    else:
+        result = model.load_state_dict(state, strict=False)
+        tied = set(getattr(model, "all_tied_weights_keys", None) or {})  # tied copies that save_pretrained leaves out
+        if result.unexpected_keys or set(result.missing_keys) - tied:
+            raise ValueError(
+                f"{path} does not match the model: missing {sorted(set(result.missing_keys) - tied)}, "
+                f"unexpected {sorted(result.unexpected_keys)}"
+            )
     optimizer.load_state_dict(_torch_load(path / "optimizer.pt"))
     _set_rng_state(rng, generators or {})
     return manifest["step"], manifest["extra"]
+
+
+def _load_lora(path: Path, model: Any, merged: dict[str, torch.Tensor]) -> None:
+    adapters = load_checkpoint_tensors(path, LORA_ADAPTERS)
+    if adapters is None:
+        raise ValueError(f"{path} holds no LoRA adapters: it was saved without model.lora; resume with model.lora.r=0")
+    want = set(adapter_state(model))
+    if set(adapters) != want:
+        raise ValueError(
+            f"{path}: its adapters do not match model.lora (missing {sorted(want - set(adapters))[:4]}, unexpected "
+            f"{sorted(set(adapters) - want)[:4]}): resume with the run's r and target_modules"
+        )
+    model.load_state_dict(adapters, strict=False)
+    now = sampler_state_dict(model)
+    for name, saved in merged.items():
+        if name not in now or not torch.allclose(now[name].detach().cpu(), saved, rtol=1e-5, atol=1e-6):
+            raise ValueError(
+                f"{path}: the base model's weights + these adapters do not give the saved weights of {name}: "
+                "the base model (model.name_or_path) is not the one this LoRA run was trained on"
+            )
 
 
 def load_checkpoint_tensors(path: str | os.PathLike, name: str) -> dict[str, torch.Tensor] | None:

@@ -409,11 +409,6 @@ class RunConfig(_Section):
             raise ValueError("trainer.mixed_precision is FSDP's (backend ray): use model.autocast_bf16 for local runs")
         if tr.mixed_precision == "bf16" and self.model.device == "cpu":
             raise ValueError("trainer.mixed_precision=bf16 is for GPUs: set model.device=cuda or mixed_precision=fp32")
-        if self.model.lora.r:
-            raise ValueError(
-                "model.lora.r > 0: LoRA runs in the library (steer.lora) and on the trainer ranks, but the training "
-                "flow's checkpoints do not store adapters yet, so a run could not resume: set model.lora.r=0"
-            )
         w = tr.world_size
         if self.mini_batch_size % (w * micro):
             raise ValueError(

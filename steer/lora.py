@@ -5,12 +5,16 @@ whose only trainable parameters are the adapters' A (r x in) and B (out x r); B 
 computes exactly what the base policy does until the first step (Hu et al. 2021, "LoRA"). ``merged_state_dict``
 turns a LoRA model's state dict (local, or the unsharded one gathered from FSDP ranks) into plain weights under the
 base model's names, W + (alpha / r) B A, without changing the model: what a sampler that knows nothing of adapters
-(the flow's sampling copy, vLLM) loads.
+(the flow's sampling copy, vLLM) loads. ``sampler_state_dict`` and ``merged_model`` give the same for a live model,
+and ``adapter_state`` the adapters alone: what a LoRA run's checkpoint stores to resume exactly (the base weights
+never change, so they are read again from the model source).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -35,7 +39,47 @@ def apply_lora(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return get_peft_model(model, cfg)
+        wrapped = get_peft_model(model, cfg)
+    checkpointed = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.2x; the old name before
+    if checkpointed is None:
+        checkpointed = getattr(model, "is_gradient_checkpointing", False)
+    if checkpointed:
+        wrapped.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad-tracked input
+    return wrapped
+
+
+def is_lora_model(model: Any) -> bool:
+    """Whether ``model`` is a peft model with LoRA adapters (``apply_lora``'s result)."""
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def lora_scale(model: Any) -> tuple[int, float]:
+    """``(r, alpha)`` of a LoRA model's default adapter."""
+    cfg = model.peft_config["default"]
+    return cfg.r, cfg.lora_alpha
+
+
+def adapter_state(model: Any) -> dict[str, torch.Tensor]:
+    """A LoRA model's adapter weights (A and B of every adapted layer), detached on the CPU, under their state-dict
+    names: everything a LoRA run trains."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if ".lora_" in k}
+
+
+def sampler_state_dict(model: Any) -> dict[str, torch.Tensor]:
+    """What a sampler that knows nothing of adapters loads: the merged weights of a LoRA model under the base
+    model's names, else the model's own state dict."""
+    if not is_lora_model(model):
+        return model.state_dict()
+    r, alpha = lora_scale(model)
+    return merged_state_dict(model.state_dict(), r=r, alpha=alpha)
+
+
+def merged_model(model: Any) -> Any:
+    """A plain Hugging Face model with the adapters merged in (a copy: ``model`` keeps training); ``model`` itself
+    when it has no adapters."""
+    if not is_lora_model(model):
+        return model
+    return copy.deepcopy(model).merge_and_unload()
 
 
 def is_lora_state(state: dict[str, torch.Tensor]) -> bool:

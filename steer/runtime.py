@@ -18,6 +18,7 @@ from steer import choices
 from steer.checkpoint import latest_good_checkpoint, load_checkpoint, load_checkpoint_tensors
 from steer.config import RunConfig
 from steer.data import Problem
+from steer.lora import apply_lora
 from steer.objective import Objective, build_objective
 from steer.registry import Registry
 from steer.resume import ResumeCheck, check_resume_dir
@@ -40,11 +41,12 @@ def _local_trainer(config, source, model, optimizer, objective_state):
 def _ray_trainer(config, source, model, optimizer, objective_state):
     """``trainer.world_size`` FSDP2 ranks (``steer.distributed.group.RankGroup``) holding the policy read from
     ``source`` and, on a resume, the optimizer state restored into ``optimizer``: from here the training state
-    lives in the ranks; ``model`` stays the flow's sampling copy."""
+    lives in the ranks; ``model`` stays the flow's sampling copy. With LoRA, ``source`` is the base model and the
+    ranks take ``model``'s adapters."""
     from steer.distributed.fsdp import full_optimizer_state
     from steer.distributed.group import RankGroup
 
-    tr = config.trainer
+    tr, lora = config.trainer, lora_options(config)
     group = RankGroup(
         tr.world_size,
         address=tr.ray_address,
@@ -65,13 +67,31 @@ def _ray_trainer(config, source, model, optimizer, objective_state):
             cpu_offload=tr.cpu_offload,
             gradient_checkpointing=config.model.gradient_checkpointing,
             objective_state=objective_state,
+            lora=lora,
         )
+        if lora:  # the adapters of a resumed run (a fresh one's equal the ranks' own: same seed)
+            group.call("load_state_dict", model.state_dict())
         if optimizer.state:  # resumed: the checkpoint's AdamW state, by parameter name, for any world size
             group.call("load_optimizer_state", full_optimizer_state(model, optimizer))
     except BaseException:
         group.close()
         raise
     return group
+
+
+def lora_options(config: RunConfig) -> dict[str, Any] | None:
+    """``steer.lora.apply_lora``'s keywords for ``model.lora`` (the adapters' init seeded from the run seed, the same
+    on every rank and on a resume), None when LoRA is off."""
+    lora = config.model.lora
+    if not lora.r:
+        return None
+    return {
+        "r": lora.r,
+        "alpha": lora.alpha,
+        "dropout": lora.dropout,
+        "target_modules": list(lora.target_modules),
+        "seed": derive_seed(config.seed, "lora", 0),
+    }
 
 
 def derive_seed(seed: int, purpose: str, step: int) -> int:
@@ -185,18 +205,24 @@ def open_runtime(config: RunConfig, policy_path: str) -> Runtime:
     out = Path(config.output_dir)
     ckpt = latest_good_checkpoint(out / "checkpoints")
     resume = check_resume_dir(config, ckpt)
-    model, tokenizer = load_policy(str(ckpt) if ckpt else policy_path, dtype=torch.float32, device=device)
+    lora = lora_options(config)
+    # LoRA trains adapters on frozen base weights: those always come from the model source, the adapters from the
+    # checkpoint (load_checkpoint checks that the two give the checkpoint's merged weights)
+    source = policy_path if lora or ckpt is None else str(ckpt)
+    model, tokenizer = load_policy(source, dtype=torch.float32, device=device)
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if lora:
+        model = apply_lora(model, **lora)
     model.train()
     o = config.optim
-    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
     start, extra = 0, {}
     if ckpt is not None:
         start, extra = load_checkpoint(ckpt, model, optimizer, {}, verify=False)  # verified just above
     objective = build_objective(config.algorithm)
     objective.load_state_dict(extra.get("objective", {}))  # the adaptive entropy coefficient of a resumed run
-    source = str(ckpt) if ckpt else policy_path
     ranks = TRAINER_BACKENDS.get(config.trainer.backend)(config, source, model, optimizer, extra.get("objective"))
     try:
         engine = make_rollout_engine(

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from steer.batch import PolicyBatch
 from steer.checkpoint import MANIFEST, checkpoint_path, save_checkpoint
 from steer.data import Problem
+from steer.lora import merged_model
 from steer.rollout.base import RolloutBatch
 from steer.rollout.pending import rollout_to_tensors
 from steer.rollout_store import rollout_table, write_step
@@ -83,7 +84,8 @@ def checkpoint(rt: Runtime, step: int) -> str:
 @task(name="log-model", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def log_policy(tracker, rt: Runtime, step: int, registered_name: str | None = None) -> str:
     """The trained policy as the run's MLflow model (transformers flavour), optionally registered; its URI."""
-    return tracker.log_model(rt.model, rt.tokenizer, step=step, registered_name=registered_name)
+    model = merged_model(rt.model)  # LoRA: a plain model with the adapters merged in, as the checkpoints hold
+    return tracker.log_model(model, rt.tokenizer, step=step, registered_name=registered_name)
 
 
 @task(name="log-final-checkpoint", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -240,3 +240,45 @@ def test_cuda_rng_and_device_generator_are_restored(tmp_path):
         torch.rand(3, device="cuda", generator=generators["sampler"]).tolist(),
     ] == expected
     assert model.lm_head.weight.device.type == "cuda"
+
+
+LORA = dict(r=2, alpha=4.0, dropout=0.0, target_modules=["q_proj", "v_proj"])
+
+
+def _lora(base_seed: int = 5):
+    from steer.lora import apply_lora
+
+    model = apply_lora(tiny_model(seed=base_seed), **LORA, seed=3)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return model, torch.optim.AdamW(trainable, lr=1e-2)
+
+
+def test_a_lora_checkpoint_resumes_on_its_base_exactly_and_refuses_another_base(tmp_path):
+    """A LoRA checkpoint holds the merged weights (a plain model) and the adapters; base + adapters resume to the
+    unbroken run bit for bit, and a base that is not the run's is refused by name."""
+    from steer.checkpoint import LORA_ADAPTERS, load_checkpoint_tensors
+    from steer.lora import sampler_state_dict
+
+    model, optimizer = _lora()
+    torch.manual_seed(11)
+    train_step(model, optimizer)
+    path = save_checkpoint(tmp_path, 1, model, tiny_tokenizer(), optimizer)
+    merged_then = {k: v.clone() for k, v in sampler_state_dict(model).items()}
+    train_step(model, optimizer)
+    unbroken = {k: v.clone() for k, v in model.state_dict().items()}
+
+    plain = AutoModelForCausalLM.from_pretrained(path)  # no peft needed to read it
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(v, merged_then[k], rtol=0, atol=0)
+    assert set(load_checkpoint_tensors(path, LORA_ADAPTERS)) == {k for k in unbroken if ".lora_" in k}
+
+    torch.manual_seed(999)
+    resumed, optimizer2 = _lora()  # the same base, fresh adapters
+    assert load_checkpoint(path, resumed, optimizer2)[0] == 1
+    train_step(resumed, optimizer2)
+    for k, v in resumed.state_dict().items():
+        torch.testing.assert_close(v, unbroken[k], rtol=0, atol=0)
+
+    other, optimizer3 = _lora(base_seed=6)
+    with pytest.raises(ValueError, match="not the one this LoRA run was trained on"):
+        load_checkpoint(path, other, optimizer3)

@@ -17,6 +17,7 @@ from typing import Any
 from steer.batch import PolicyBatch
 from steer.distributed.partition import imbalance
 from steer.distributed.rank import RankTrainer
+from steer.lora import is_lora_model
 from steer.update import UpdateResult
 
 STARTUP_TIMEOUT_S = 600.0
@@ -141,9 +142,10 @@ class RankGroup:
             merged[k] = parts[0][k] if full else sum(p[k] for p in parts)
         return {"metrics": metrics, "objective_state": parts[0]["objective_state"], **merged}
 
-    def full_state_dict(self) -> dict:
-        """The unsharded weights (CPU), gathered from the ranks."""
-        return self.call("full_state_dict")[0]
+    def full_state_dict(self, merged: bool = True) -> dict:
+        """The unsharded weights (CPU), gathered from the ranks; with LoRA and ``merged``, the adapters merged into
+        the base names, else the peft model's own state (base and adapters)."""
+        return self.call("full_state_dict", merged)[0]
 
     def full_optimizer_state(self) -> dict:
         """The optimizer state by parameter name (CPU), gathered from the ranks."""
@@ -158,7 +160,7 @@ class RankGroup:
         out = self.update(batch, seed, **settings)
         device = batch.response_mask.device
         batch.old_logp, batch.old_entropy = out["old_logp"].to(device), out["old_entropy"].to(device)
-        sampling_model.load_state_dict(self.full_state_dict())
+        sampling_model.load_state_dict(self.full_state_dict(merged=not is_lora_model(sampling_model)))
         objective.load_state_dict(out["objective_state"])
         return UpdateResult(out["metrics"], out["omega"], out["weights"], out["token_advantages"])
 

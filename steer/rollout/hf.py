@@ -253,4 +253,5 @@ def _eos_ids(model: Any, tokenizer: Any) -> int | list[int]:
 
 def _cache_kwarg(model: Any) -> str:
     """The forward keyword for the KV cache: ``cache`` in transformers >= 5.2x, ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model passes it through
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"

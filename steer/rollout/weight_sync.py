@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from steer.lora import sampler_state_dict
+
 ALIGN = 64
 """Byte alignment of every tensor in the buffer (a cache line; AVX-512 loads)."""
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16", torch.int64: "int64"}
@@ -39,7 +41,7 @@ def sync_tensors(model: Any, dtype: torch.dtype | None = None) -> dict[str, Tens
     to ``dtype`` if given. Detached, on the CPU, contiguous."""
     tensors: dict[str, Tensor] = {}
     seen: set[tuple[int, tuple[int, ...]]] = set()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in sampler_state_dict(model).items():  # a LoRA model's merged weights, under the base names
         key = (tensor.data_ptr(), tuple(tensor.shape))
         if tensor.numel() and key in seen:
             continue
