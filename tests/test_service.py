@@ -23,7 +23,7 @@ from test_report import PNG_MAGIC, make_ablation_store, synthetic_metrics
 from test_train_flow import SMALL
 
 from steer.config import load_config
-from steer.rollout_store import finished_steps
+from steer.rollout_store import ROLLOUT_SCHEMA, finished_steps, read_rollouts
 from tasks.comparison import publish_report, rebuild_report
 
 pytestmark = pytest.mark.service
@@ -215,6 +215,27 @@ def service(small_policy, tmp_path_factory):
             kill_group(int(pidfile.read_text()))
 
 
+def _ray_left(service_dir: Path, wait_s: float = 10.0) -> list[str]:
+    """Ray's processes (GCS, raylet, workers) started by this service's flow runs: they inherit the worker's
+    ``STEER_SERVICE_DIR``, which tells them from another test's Ray. Waits ``wait_s`` for the raylet's children."""
+    import psutil
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = []
+        for p in psutil.process_iter():
+            try:
+                cmd = " ".join(p.cmdline())
+                if "ray" in cmd and any(k in cmd for k in ("gcs_server", "raylet", "default_worker", "ray::")):
+                    if p.environ().get("STEER_SERVICE_DIR") == str(service_dir):
+                        left.append(f"{p.pid} {cmd[:80]}")
+            except psutil.Error:
+                continue
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
 def _terminal(client, flow_run_id, timeout: float):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -235,7 +256,8 @@ def _running_interval(client, flow_run_id) -> tuple[float, float]:
 
 def test_deploy_and_run_training_through_a_server_and_process_worker(service):
     """Two trainings submitted together run one after the other (the deployment's concurrency limit and the training
-    slot); each is followed in Prefect (per-step log lines, a summary artifact linking MLflow) and in MLflow through
+    slot), the second on two Ray trainer ranks (the same Parquet columns, one MLflow run, no Ray process left); each
+    is followed in Prefect (per-step log lines, a summary artifact linking MLflow) and in MLflow through
     its server (tags naming the commit and the flow run, the logged model, which loads and generates, the dataset
     inputs, system metrics); a typo in a drop-down field is refused by the Prefect API when the run is created."""
     env, d = service
@@ -252,14 +274,21 @@ def test_deploy_and_run_training_through_a_server_and_process_worker(service):
     outs = [d / "deployed-run", d / "deployed-run-2"]
     tracking = {"log_model": True, "system_metrics_interval_s": 1}
 
-    def params(out: Path, algorithm: str = "grpo") -> dict:
-        over = {**SMALL, "steps": 2, "output_dir": str(out), "tracking": tracking}
+    def params(out: Path, algorithm: str = "grpo", **extra) -> dict:
+        over = {**SMALL, "steps": 2, "output_dir": str(out), "tracking": tracking, **extra}
         return {"preset": "tiny", "algorithm": algorithm, "overrides": over}
+
+    # the second run trains on two FSDP2 ranks placed by a Ray the flow run starts and stops (8 responses a
+    # mini-batch = 2 ranks x micro-batches of 4)
+    on_ray = {"trainer": {"backend": "ray", "world_size": 2}, "optim": {**SMALL["optim"], "micro_batch_size": 4}}
 
     with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{env['PREFECT_PORT']}/api"}):
         with pytest.raises(PrefectHTTPStatusError, match="422|409|Validation|grpoo"):
             run_deployment("steer-train-preset/train", parameters=params(d / "typo", "grpoo"), timeout=0)
-        submitted = [run_deployment("steer-train-preset/train", parameters=params(o), timeout=0) for o in outs]
+        submitted = [
+            run_deployment("steer-train-preset/train", parameters=p, timeout=0)
+            for p in (params(outs[0]), params(outs[1], **on_ray))
+        ]
         with get_client(sync_client=True) as client:
             runs = [_terminal(client, r.id, timeout=600) for r in submitted]
             intervals = [_running_interval(client, r.id) for r in runs]
@@ -276,6 +305,9 @@ def test_deploy_and_run_training_through_a_server_and_process_worker(service):
     assert nightly.parameter_openapi_schema["properties"]["config"]  # a typed form
     for out in outs:
         assert finished_steps(out / "rollouts") == [0, 1]
+    local, ray = (read_rollouts(out / "rollouts") for out in outs)
+    assert ray.schema.equals(local.schema) and ray.schema.equals(ROLLOUT_SCHEMA, check_metadata=False)
+    assert not _ray_left(d / "svc"), "a Ray process outlived the deployed run"
 
     # Prefect: a line per step of the training subflow, and the summary artifact with the MLflow link
     mlflow_url = f"http://127.0.0.1:{env['MLFLOW_PORT']}"
@@ -289,6 +321,9 @@ def test_deploy_and_run_training_through_a_server_and_process_worker(service):
 
     # MLflow, through the server the script started (the worker logs there, not to the database file)
     assert run.info.status == "FINISHED" and run.data.params["steps"] == "2"
+    ray_run = client.get_run((outs[1] / "mlflow_run_id").read_text().strip())  # one MLflow run for the two ranks
+    assert ray_run.info.status == "FINISHED" and ray_run.data.params["trainer.backend"] == "ray"
+    assert "perf/tokens_per_s_per_rank" in ray_run.data.metrics
     assert run.data.params["algorithm.name"] == "grpo" and run.data.params["algorithm.clip.eps_high"] == "0.2"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")) == [0, 2]
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
