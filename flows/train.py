@@ -201,7 +201,6 @@ def train(config: RunConfig) -> dict:
             # the checkpoint comes last: everything of the steps before it is persisted when it appears
             if _due(done, config.checkpoint_every, config.steps):
                 rt.extra = {"evals": evals, "objective": rt.objective.state_dict()}  # adaptive entropy coef
-                rt.gather_training_state()  # trainer ranks: their optimizer state, for a checkpoint at any world size
                 checkpoint(rt, done)
             report.step(done, metrics, time.perf_counter() - t0)
 

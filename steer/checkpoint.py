@@ -4,7 +4,9 @@
 
 - the model (``save_pretrained``: ``config.json``, ``*.safetensors``) and the tokenizer, so
   ``AutoModelForCausalLM.from_pretrained(dir / "step-000123")`` works on the folder;
-- ``optimizer.pt``: the optimizer's ``state_dict``;
+- ``optimizer.pt``: the optimizer's ``state_dict``; or, from a run on trainer ranks (``shards=``), ``shards/``: each
+  rank's shard of the weights and the AdamW state, written by the ranks themselves with ``torch.distributed.checkpoint``
+  (no rank gathers the optimizer state), which reads back at any world size, in one process too;
 - ``rng_state.pt``: the Python, NumPy (legacy global) and torch CPU/CUDA generator states, and the state of every
   ``torch.Generator`` passed by name (e.g. the sampler's and the shuffle's);
 - ``tensors/<name>.safetensors``: named groups of tensors the caller passes (``tensors=``; e.g. the rollout a
@@ -34,7 +36,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TENSORS = "tensors"
 """Subfolder of the caller's tensor groups (not a model shard: ``load_checkpoint`` reads only top-level ones)."""
+SHARDS = "shards"
+"""Subfolder of the trainer ranks' ``torch.distributed.checkpoint`` shards (weights and optimizer state)."""
 LORA_ADAPTERS = "lora_adapters"
 """The tensor group of a LoRA model's adapters (``steer.lora.adapter_state``)."""
 _NAME = re.compile(r"^step-(\d+)$")
@@ -79,6 +83,7 @@ def save_checkpoint(
     *,
     keep_last: int | None = None,
     tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    shards: Callable[[Path], None] | None = None,
 ) -> Path:
     """Save the training state after ``step`` atomically; returns ``<directory>/step-000123``.
 
@@ -87,6 +92,9 @@ def save_checkpoint(
         extra: JSON-serialisable state of the caller, returned by ``load_checkpoint`` (e.g. the data position).
         keep_last: then delete all but the newest ``keep_last`` complete checkpoints (None keeps all).
         tensors: named groups of CPU tensors, each written to ``tensors/<name>.safetensors`` (hashed like the rest).
+        shards: the trainer ranks' writer (``steer.distributed.fsdp.save_sharded`` on every rank): called with the
+            checkpoint's ``shards/`` folder, it writes the sharded weights and optimizer state there, in place of
+            ``optimizer.pt`` (``optimizer`` is then not read). The folder must be reachable from every rank.
     """
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"keep_last={keep_last} would delete the checkpoint just saved: use >= 1 or None")
@@ -108,7 +116,10 @@ def save_checkpoint(
         else:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if shards is not None:
+            shards(tmp / SHARDS)
+        else:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(_rng_state(generators or {}), tmp / "rng_state.pt")
         for name, group in tensors.items():
             (tmp / TENSORS).mkdir(exist_ok=True)
@@ -212,8 +223,12 @@ def load_checkpoint(
     generators: Mapping[str, torch.Generator] | None = None,
     *,
     verify: bool = True,
+    load_optimizer: bool = True,
 ) -> tuple[int, dict[str, Any]]:
     """Restore model weights, optimizer state and all RNG states in place; returns ``(step, extra)``.
+
+    The optimizer state comes from ``optimizer.pt`` or, for a checkpoint of trainer ranks, from its shards (resharded
+    onto this one process); ``load_optimizer=False`` leaves it to the caller (ranks that read ``sharded_path``).
 
     For a LoRA ``model`` (built on the run's base weights), the adapters are loaded, and base + adapters must give
     the saved merged weights (to float rounding): another base model raises ``ValueError``.
@@ -250,7 +265,12 @@ def load_checkpoint(
                 f"{path} does not match the model: missing {sorted(set(result.missing_keys) - tied)}, "
                 f"unexpected {sorted(result.unexpected_keys)}"
             )
-    optimizer.load_state_dict(_torch_load(path / "optimizer.pt"))
+    if load_optimizer and sharded_path(path) is not None:
+        from steer.distributed.fsdp import load_sharded
+
+        load_sharded(model, optimizer, sharded_path(path), weights=False)  # the weights came from the model files
+    elif load_optimizer:
+        optimizer.load_state_dict(_torch_load(path / "optimizer.pt"))
     _set_rng_state(rng, generators or {})
     return manifest["step"], manifest["extra"]
 
@@ -273,6 +293,12 @@ def _load_lora(path: Path, model: Any, merged: dict[str, torch.Tensor]) -> None:
                 f"{path}: the base model's weights + these adapters do not give the saved weights of {name}: "
                 "the base model (model.name_or_path) is not the one this LoRA run was trained on"
             )
+
+
+def sharded_path(path: str | os.PathLike) -> Path | None:
+    """The ``shards/`` folder of a checkpoint saved by trainer ranks, None for one saved in one process."""
+    shards = Path(path) / SHARDS
+    return shards if shards.is_dir() else None
 
 
 def load_checkpoint_tensors(path: str | os.PathLike, name: str) -> dict[str, torch.Tensor] | None:

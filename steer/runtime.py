@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from steer import choices
-from steer.checkpoint import latest_good_checkpoint, load_checkpoint, load_checkpoint_tensors
+from steer.checkpoint import latest_good_checkpoint, load_checkpoint, load_checkpoint_tensors, sharded_path
 from steer.config import RunConfig
 from steer.data import Problem
 from steer.lora import apply_lora
@@ -29,20 +29,22 @@ PENDING = "pending_rollout"
 """The checkpoint's tensor group holding a one-step-off run's rollout sampled ahead (``steer.rollout.pending``)."""
 
 TRAINER_BACKENDS: Registry = Registry("trainer backend", choices.TRAINER_BACKENDS)
-"""``trainer.backend`` -> ``(config, model_source, model, optimizer, objective_state) -> trainer ranks or None``."""
+"""``trainer.backend`` -> ``(config, model_source, model, optimizer, objective_state, shards) -> trainer ranks or
+None``; ``shards`` is the resumed checkpoint's ``shards/`` folder when trainer ranks saved it (else None)."""
 
 
 @TRAINER_BACKENDS.register("local")
-def _local_trainer(config, source, model, optimizer, objective_state):
+def _local_trainer(config, source, model, optimizer, objective_state, shards):
     return None  # the update runs on ``Runtime.model`` in this process
 
 
 @TRAINER_BACKENDS.register("ray")
-def _ray_trainer(config, source, model, optimizer, objective_state):
+def _ray_trainer(config, source, model, optimizer, objective_state, shards):
     """``trainer.world_size`` FSDP2 ranks (``steer.distributed.group.RankGroup``) holding the policy read from
-    ``source`` and, on a resume, the optimizer state restored into ``optimizer``: from here the training state
-    lives in the ranks; ``model`` stays the flow's sampling copy. With LoRA, ``source`` is the base model and the
-    ranks take ``model``'s adapters."""
+    ``source``; on a resume, the weights and optimizer state of a checkpoint's ``shards`` (saved by ranks, at any
+    world size), or the optimizer state a one-process checkpoint restored into ``optimizer``. From here the training
+    state lives in the ranks; ``model`` stays the flow's sampling copy. With LoRA, ``source`` is the base model and
+    the ranks take ``model``'s adapters."""
     from steer.distributed.fsdp import full_optimizer_state
     from steer.distributed.group import RankGroup
 
@@ -71,7 +73,9 @@ def _ray_trainer(config, source, model, optimizer, objective_state):
         )
         if lora:  # the adapters of a resumed run (a fresh one's equal the ranks' own: same seed)
             group.call("load_state_dict", model.state_dict())
-        if optimizer.state:  # resumed: the checkpoint's AdamW state, by parameter name, for any world size
+        if shards is not None:  # resumed from ranks' shards: each rank reads its part, resharded to this world size
+            group.call("load_sharded", str(Path(shards).resolve()))
+        elif optimizer.state:  # resumed from one process: its AdamW state, by parameter name
             group.call("load_optimizer_state", full_optimizer_state(model, optimizer))
     except BaseException:
         group.close()
@@ -176,13 +180,10 @@ class Runtime:
     def autocast_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.config.model.autocast_bf16 else None
 
-    def gather_training_state(self) -> None:
-        """With trainer ranks: their optimizer state into ``optimizer`` (the weights are in ``model`` after every
-        update), so a checkpoint has the same format, and resumes, at any world size. No-op for a local run."""
-        if self.ranks is not None:
-            from steer.distributed.fsdp import load_full_optimizer_state
-
-            load_full_optimizer_state(self.model, self.optimizer, self.ranks.full_optimizer_state())
+    def save_shards(self, path: Path) -> None:
+        """With trainer ranks: each writes its shard of the weights and optimizer state to ``path`` (the checkpoint's
+        ``shards/``; ``steer.checkpoint.save_checkpoint(shards=...)``)."""
+        self.ranks.call("save_sharded", str(Path(path).resolve()))  # Ray workers have their own working directory
 
     def close(self) -> None:
         try:
@@ -219,11 +220,17 @@ def open_runtime(config: RunConfig, policy_path: str) -> Runtime:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
     start, extra = 0, {}
-    if ckpt is not None:
-        start, extra = load_checkpoint(ckpt, model, optimizer, {}, verify=False)  # verified just above
+    shards = sharded_path(ckpt) if ckpt is not None else None
+    on_ranks = config.trainer.backend != "local"
+    if ckpt is not None:  # verified just above; ranks read a sharded optimizer state themselves
+        start, extra = load_checkpoint(
+            ckpt, model, optimizer, {}, verify=False, load_optimizer=not (shards and on_ranks)
+        )
     objective = build_objective(config.algorithm)
     objective.load_state_dict(extra.get("objective", {}))  # the adaptive entropy coefficient of a resumed run
-    ranks = TRAINER_BACKENDS.get(config.trainer.backend)(config, source, model, optimizer, extra.get("objective"))
+    ranks = TRAINER_BACKENDS.get(config.trainer.backend)(
+        config, source, model, optimizer, extra.get("objective"), shards
+    )
     try:
         engine = make_rollout_engine(
             config.rollout.backend,

@@ -77,6 +77,7 @@ def checkpoint(rt: Runtime, step: int) -> str:
         keep_last=rt.config.keep_checkpoints,
         # one-step-off: the rollout of the next step, sampled with weights this checkpoint does not hold
         tensors={PENDING: rollout_to_tensors(rt.pending, step)} if rt.pending is not None else None,
+        shards=rt.save_shards if rt.ranks is not None else None,  # trainer ranks write their own shards
     )
     return str(path)
 

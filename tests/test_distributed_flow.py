@@ -10,6 +10,7 @@ from test_distributed import _ray_processes
 from test_train_flow import metric_history, small_config
 
 from flows.train import train
+from steer.checkpoint import SHARDS, checkpoint_path
 from steer.distributed.group import RankFailed
 from steer.rollout_store import ROLLOUT_SCHEMA, read_rollouts
 
@@ -49,16 +50,20 @@ def test_two_ranks_then_one_process_equal_an_unbroken_local_run(unbroken, tmp_pa
     assert len(runs) == 1
     assert read_rollouts(out / "rollouts").schema.equals(ROLLOUT_SCHEMA, check_metadata=False)
     assert metric_history(out, "perf/tokens_per_s_per_rank") and metric_history(out, "perf/token_imbalance")
-    train(_config(out, 3))  # resume the ranks' checkpoint in one process: step 2
+    ckpt = checkpoint_path(out / "checkpoints", 2)  # each rank wrote its own shard; nothing was gathered
+    assert sorted(p.name for p in (ckpt / SHARDS).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert not (ckpt / "optimizer.pt").exists()
+    train(_config(out, 3))  # resume the ranks' sharded checkpoint in one process: step 2
     for key in COMPARED:
         _same(metric_history(out, key), metric_history(unbroken, key), range(3))
 
 
-@pytest.mark.slow  # the same code paths as the test above, the other direction: ~60 s more
-def test_one_process_then_two_ranks_equal_an_unbroken_local_run(unbroken, tmp_path):
+@pytest.mark.slow  # the other directions: ~90 s more
+def test_one_process_then_two_ranks_then_two_ranks_again_equal_an_unbroken_local_run(unbroken, tmp_path):
     out = tmp_path / "run"
-    train(_config(out, 2))
-    train(_config(out, 3, RAY))  # resume a one-process checkpoint on two ranks: step 2
+    train(_config(out, 1))
+    train(_config(out, 2, RAY))  # resume a one-process checkpoint on two ranks: step 1
+    train(_config(out, 3, RAY))  # resume the ranks' shards on two new ranks: step 2
     assert not _ray_processes()
     for key in COMPARED:
         _same(metric_history(out, key), metric_history(unbroken, key), range(3))

@@ -11,7 +11,10 @@ parameters; missing it averaged the layers' gradients). Needs an initialised def
 
 from __future__ import annotations
 
+import os
+
 import torch
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -62,3 +65,25 @@ def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
 def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load ``full_optimizer_state``'s output (given on every rank) into ``optimizer`` of a sharded or plain model."""
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def save_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: str | os.PathLike) -> None:
+    """Every rank writes its own shard of the weights and of the optimizer state to the folder ``path``
+    (``torch.distributed.checkpoint``; a collective: every rank calls it, nothing is gathered)."""
+    state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+    dcp.save(state, checkpoint_id=str(path))
+
+
+def load_sharded(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: str | os.PathLike, *, weights: bool = True
+) -> None:
+    """Read ``save_sharded``'s folder into a sharded model on any world size (every rank calls it) or into a plain
+    model in one process without a process group: ``torch.distributed.checkpoint`` reshards. ``weights=False``
+    reads the optimizer state only."""
+    state = {"optimizer": get_optimizer_state_dict(model, optimizer)}  # the layout to fill (initialises AdamW's)
+    if weights:
+        state["model"] = get_model_state_dict(model)
+    dcp.load(state, checkpoint_id=str(path))
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    if weights:
+        set_model_state_dict(model, state["model"])

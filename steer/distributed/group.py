@@ -147,10 +147,6 @@ class RankGroup:
         the base names, else the peft model's own state (base and adapters)."""
         return self.call("full_state_dict", merged)[0]
 
-    def full_optimizer_state(self) -> dict:
-        """The optimizer state by parameter name (CPU), gathered from the ranks."""
-        return self.call("full_optimizer_state")[0]
-
     def policy_update(
         self, batch: PolicyBatch, seed: int, *, sampling_model: Any, objective: Any, **settings: Any
     ) -> UpdateResult:

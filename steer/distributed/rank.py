@@ -20,10 +20,11 @@ import torch.distributed as dist
 from steer.algorithms import AlgorithmConfig
 from steer.batch import PolicyBatch
 from steer.distributed.fsdp import (
-    full_optimizer_state,
     full_state_dict,
     load_full_optimizer_state,
     load_full_state_dict,
+    load_sharded,
+    save_sharded,
     shard_model,
 )
 from steer.distributed.partition import Partition
@@ -133,9 +134,13 @@ class RankTrainer:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         load_full_state_dict(self.model, state)
 
-    def full_optimizer_state(self) -> dict:
-        """AdamW's state by parameter name, unsharded, on rank 0 (a collective)."""
-        return full_optimizer_state(self.model, self.optimizer)
+    def save_sharded(self, path: str) -> None:
+        """Write this rank's shard of the weights and AdamW state to the folder ``path`` (a collective)."""
+        save_sharded(self.model, self.optimizer, path)
+
+    def load_sharded(self, path: str) -> None:
+        """Read the weights and AdamW state of ``save_sharded``'s folder, saved at any world size (a collective)."""
+        load_sharded(self.model, self.optimizer, path)
 
     def load_optimizer_state(self, state: dict) -> None:
         load_full_optimizer_state(self.model, self.optimizer, state)
