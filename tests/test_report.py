@@ -64,6 +64,14 @@ def test_run_summaries_and_table():
     assert r.start_accuracy == pytest.approx(0.65) and r.final_accuracy == pytest.approx(0.61)
     assert r.best_accuracy == pytest.approx(0.63)  # over the trained steps 2 and 4: the start (0.65) is not one
     assert r.final_entropy == pytest.approx(0.61) and r.entropy_drop_pct == pytest.approx(100 * 0.3 / 0.91)
+    assert [r[f"{q}_share"] for q in ("pos_high", "pos_low", "neg_high", "neg_low")] == pytest.approx(
+        [0.4, 0.1, 0.3, 0.2]
+    )
+    assert math.isnan(r.mean_weight)  # no steer/weight_mean logged
+    w = pd.DataFrame(
+        [("w", "steer", 0, "steer/weight_mean", s, v) for s, v in enumerate((0.9, 0.8, 1.0))], columns=m.columns
+    )
+    assert run_summaries(w).iloc[0].mean_weight == pytest.approx(0.9)
 
     table = summary_table(m, ["steer_0.7", "grpo"])
     assert table.arm.tolist() == ["steer_0.7", "grpo"] and table.seeds.tolist() == [2, 2]
@@ -71,7 +79,10 @@ def test_run_summaries_and_table():
     assert grpo.final_accuracy_mean == pytest.approx(0.485)  # seeds: 0.46, 0.51
     assert grpo.final_accuracy_ci95 == pytest.approx(12.706204736174698 * 0.05 / 2)  # t_{0.975,1} (0.05/sqrt 2)/sqrt 2
     md = table_markdown(table)
-    header = "| arm | seeds | start accuracy | final accuracy | best accuracy | final entropy | entropy drop % |"
+    header = (
+        "| arm | seeds | start accuracy | final accuracy | best accuracy | final entropy | entropy drop % | mean w "
+        "| pos_high | pos_low | neg_high | neg_low |"
+    )
     assert md.splitlines()[0] == header
     assert "| grpo | 2 | 0.525 ± 0.318 | 0.485 ± 0.318 |" in md  # start: seeds 0.50, 0.55
     assert len([x for x in md.splitlines() if x.startswith("|")]) == 2 + 2  # header, rule, one row per arm

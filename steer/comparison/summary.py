@@ -11,6 +11,9 @@ an arm that only loses accuracy does not report the untrained policy's as its be
 | ``final_entropy`` | mean ``rollout/entropy`` over the last ``ENTROPY_WINDOW`` of the steps (at least one step) |
 | ``entropy_drop_pct`` | ``100 (H_first - H_last) / H_first``, each the mean ``rollout/entropy`` over the first or last
 ``ENTROPY_WINDOW`` of the steps (negative: the entropy rose) |
+| ``mean_weight`` | ``steer/weight_mean`` averaged over the run's steps (1 for an arm without token weights) |
+| ``<quadrant>_share`` | ``steer/quadrant/<quadrant>/share`` averaged over the run's steps, for each of
+``QUADRANTS`` (the sign of A, and p above or below the quadrant threshold: docs/algorithms.md) |
 
 The rollout entropy of one step is the mean over one batch's tokens and moves by ~10% from step to step on the
 embedded default, so the ends are window means rather than single steps.
@@ -31,12 +34,16 @@ from scipy import stats
 
 from steer.rollout_store import read_rollouts
 
+QUADRANTS = ("pos_high", "pos_low", "neg_high", "neg_low")
+
 COLUMNS: dict[str, str] = {
     "start_accuracy": "start accuracy",
     "final_accuracy": "final accuracy",
     "best_accuracy": "best accuracy",
     "final_entropy": "final entropy",
     "entropy_drop_pct": "entropy drop %",
+    "mean_weight": "mean w",
+    **{f"{q}_share": q for q in QUADRANTS},
 }
 """Summary columns and their headers in the printed table."""
 
@@ -62,6 +69,11 @@ def _series(run: pd.DataFrame, key: str) -> pd.Series:
     return rows.groupby("step")["value"].last().sort_index()
 
 
+def _run_mean(run: pd.DataFrame, key: str) -> float:
+    values = _series(run, key)
+    return float(values.mean()) if len(values) else math.nan
+
+
 def run_summaries(metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per run: ``arm, seed, run_id`` and the ``COLUMNS``; NaN where a run lacks the metric."""
     rows = []
@@ -80,6 +92,8 @@ def run_summaries(metrics: pd.DataFrame) -> pd.DataFrame:
                 best_accuracy=trained.max() if len(trained) else math.nan,
                 final_entropy=last,
                 entropy_drop_pct=100 * (first - last) / first if first else math.nan,
+                mean_weight=_run_mean(run, "steer/weight_mean"),
+                **{f"{q}_share": _run_mean(run, f"steer/quadrant/{q}/share") for q in QUADRANTS},
             )
         )
     return pd.DataFrame(rows, columns=["arm", "seed", "run_id", *COLUMNS])
@@ -129,7 +143,8 @@ def table_markdown(table: pd.DataFrame) -> str:
     lines.append("")
     lines.append("mean ± half-width of the 95% t-interval over seeds; accuracy is `eval/accuracy` (held-out), entropy")
     lines.append("`rollout/entropy` averaged over the last 10% of the steps; entropy drop % = 100 (first - last) /")
-    lines.append("first, with both ends averaged over 10% of the steps.")
+    lines.append("first, with both ends averaged over 10% of the steps; mean w is `steer/weight_mean` and the quadrant")
+    lines.append("columns `steer/quadrant/*/share`, each averaged over the run.")
     return "\n".join(lines)
 
 
