@@ -31,7 +31,7 @@ from steer.comparison.plots import OMEGA, QUADRANTS
 from steer.comparison.summary import ACCURACY, ENTROPY
 from tasks.tracking import with_retries
 
-REPORT_KEYS = (ENTROPY, ACCURACY, OMEGA, *(f"steer/quadrant/{q}/share" for q in QUADRANTS))
+REPORT_KEYS = (ENTROPY, ACCURACY, OMEGA, "steer/weight_mean", *(f"steer/quadrant/{q}/share" for q in QUADRANTS))
 """The metrics the report reads (names as in docs/algorithms.md)."""
 
 WEIGHT_HIST_ARTIFACT = "rollouts/steer_weight_hist.csv"

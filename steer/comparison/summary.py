@@ -11,7 +11,7 @@ an arm that only loses accuracy does not report the untrained policy's as its be
 | ``final_entropy`` | mean ``rollout/entropy`` over the last ``ENTROPY_WINDOW`` of the steps (at least one step) |
 | ``entropy_drop_pct`` | ``100 (H_first - H_last) / H_first``, each the mean ``rollout/entropy`` over the first or last
 ``ENTROPY_WINDOW`` of the steps (negative: the entropy rose) |
-| ``mean_weight`` | ``steer/weight_mean`` averaged over the run's steps (1 for an arm without token weights) |
+| ``mean_weight`` | ``steer/weight_mean`` over the run's steps (n/a for an arm that logs no token weights) |
 | ``<quadrant>_share`` | ``steer/quadrant/<quadrant>/share`` averaged over the run's steps, for each of
 ``QUADRANTS`` (the sign of A, and p above or below the quadrant threshold: docs/algorithms.md) |
 
