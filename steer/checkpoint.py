@@ -265,10 +265,11 @@ def load_checkpoint(
                 f"{path} does not match the model: missing {sorted(set(result.missing_keys) - tied)}, "
                 f"unexpected {sorted(result.unexpected_keys)}"
             )
-    if load_optimizer and sharded_path(path) is not None:
+    shards = sharded_path(path)
+    if load_optimizer and shards is not None:
         from steer.distributed.fsdp import load_sharded
 
-        load_sharded(model, optimizer, sharded_path(path), weights=False)  # the weights came from the model files
+        load_sharded(model, optimizer, shards, weights=False)  # the weights came from the model files
     elif load_optimizer:
         optimizer.load_state_dict(_torch_load(path / "optimizer.pt"))
     _set_rng_state(rng, generators or {})

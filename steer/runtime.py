@@ -71,12 +71,13 @@ def _ray_trainer(config, source, model, optimizer, objective_state, shards):
             objective_state=objective_state,
             lora=lora,
         )
-        if lora:  # the adapters of a resumed run (a fresh one's equal the ranks' own: same seed)
-            group.call("load_state_dict", model.state_dict())
         if shards is not None:  # resumed from ranks' shards: each rank reads its part, resharded to this world size
             group.call("load_sharded", str(Path(shards).resolve()))
-        elif optimizer.state:  # resumed from one process: its AdamW state, by parameter name
-            group.call("load_optimizer_state", full_optimizer_state(model, optimizer))
+        else:
+            if lora:  # the adapters of a one-process resume (a fresh run's equal the ranks' own: same seed)
+                group.call("load_state_dict", model.state_dict())
+            if optimizer.state:  # resumed from one process: its AdamW state, by parameter name
+                group.call("load_optimizer_state", full_optimizer_state(model, optimizer))
     except BaseException:
         group.close()
         raise

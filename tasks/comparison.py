@@ -28,10 +28,10 @@ from prefect.cache_policies import NO_CACHE
 
 from steer.comparison import Report, render_report, weight_histogram
 from steer.comparison.plots import OMEGA, QUADRANTS
-from steer.comparison.summary import ACCURACY, ENTROPY
+from steer.comparison.summary import ACCURACY, ENTROPY, WEIGHT_MEAN
 from tasks.tracking import with_retries
 
-REPORT_KEYS = (ENTROPY, ACCURACY, OMEGA, "steer/weight_mean", *(f"steer/quadrant/{q}/share" for q in QUADRANTS))
+REPORT_KEYS = (ENTROPY, ACCURACY, OMEGA, WEIGHT_MEAN, *(f"steer/quadrant/{q}/share" for q in QUADRANTS))
 """The metrics the report reads (names as in docs/algorithms.md)."""
 
 WEIGHT_HIST_ARTIFACT = "rollouts/steer_weight_hist.csv"

@@ -24,15 +24,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from steer.comparison.summary import ENTROPY, run_summaries, summary_table, table_markdown
-
-QUADRANTS = {
-    "pos_high": "A > 0, high-probability token (lowers H)",
-    "pos_low": "A > 0, low-probability token (raises H)",
-    "neg_high": "A < 0, high-probability token (raises H)",
-    "neg_low": "A < 0, low-probability token (lowers H)",
-}
-"""``steer/quadrant/<name>/share`` and what an update on such a token does to the entropy (docs/algorithms.md, 5)."""
+from steer.comparison.summary import ENTROPY, QUADRANTS, run_summaries, summary_table, table_markdown
 
 OMEGA = "steer/omega_mean"
 

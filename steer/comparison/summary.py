@@ -34,7 +34,13 @@ from scipy import stats
 
 from steer.rollout_store import read_rollouts
 
-QUADRANTS = ("pos_high", "pos_low", "neg_high", "neg_low")
+QUADRANTS = {
+    "pos_high": "A > 0, high-probability token (lowers H)",
+    "pos_low": "A > 0, low-probability token (raises H)",
+    "neg_high": "A < 0, high-probability token (raises H)",
+    "neg_low": "A < 0, low-probability token (lowers H)",
+}
+"""``steer/quadrant/<name>/share`` and what an update on such a token does to the entropy (docs/algorithms.md, 5)."""
 
 COLUMNS: dict[str, str] = {
     "start_accuracy": "start accuracy",
@@ -47,7 +53,7 @@ COLUMNS: dict[str, str] = {
 }
 """Summary columns and their headers in the printed table."""
 
-ACCURACY, ENTROPY = "eval/accuracy", "rollout/entropy"
+ACCURACY, ENTROPY, WEIGHT_MEAN = "eval/accuracy", "rollout/entropy", "steer/weight_mean"
 ENTROPY_WINDOW = 0.1
 """Fraction of a run's steps averaged at each end for ``final_entropy`` and ``entropy_drop_pct``."""
 
@@ -92,7 +98,7 @@ def run_summaries(metrics: pd.DataFrame) -> pd.DataFrame:
                 best_accuracy=trained.max() if len(trained) else math.nan,
                 final_entropy=last,
                 entropy_drop_pct=100 * (first - last) / first if first else math.nan,
-                mean_weight=_run_mean(run, "steer/weight_mean"),
+                mean_weight=_run_mean(run, WEIGHT_MEAN),
                 **{f"{q}_share": _run_mean(run, f"steer/quadrant/{q}/share") for q in QUADRANTS},
             )
         )
