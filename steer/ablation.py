@@ -149,8 +149,8 @@ entropy bonus; sensitivity sweeps lambda_min 0.5..1.0 (1.0 is clip-higher) at th
 mini-batch, rollout-batch and running-max normalisers at 0.7. Issue 15's ``baselines`` (``steer study baselines``)
 runs the 11 arms the field compares with (GRPO as an extra arm, clip-higher GRPO the paper's GRPO row, STEER as the
 paper and as the released script, STEER with the robust normaliser, Clip-Cov with Cui's 7B recipe, KL-Cov, the entropy
-bonus, adaptive entropy control, STARE, GSPO) on ``collapse.yaml``, where clip-higher GRPO's entropy falls fastest
-(docs/results.md, section 4). docs/results.md holds their measured results. Study 1
+bonus, adaptive entropy control, STARE, GSPO) on ``collapse.yaml``, where clip-higher GRPO loses more than half of
+its entropy (docs/results.md, 4c and 4f). docs/results.md holds their measured results. Study 1
 (the estimator) is its own flow, ``flows/estimator_study.py``."""
 
 
