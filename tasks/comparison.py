@@ -27,8 +27,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from steer.comparison import Report, render_report, weight_histogram
-from steer.comparison.plots import OMEGA, QUADRANTS
-from steer.comparison.summary import ACCURACY, ENTROPY, WEIGHT_MEAN
+from steer.comparison.plots import OMEGA
+from steer.comparison.summary import ACCURACY, ENTROPY, QUADRANTS, WEIGHT_MEAN
 from tasks.tracking import with_retries
 
 REPORT_KEYS = (ENTROPY, ACCURACY, OMEGA, WEIGHT_MEAN, *(f"steer/quadrant/{q}/share" for q in QUADRANTS))
